@@ -1,0 +1,172 @@
+"""How fast the operator converges N LLMDeployments, against the API server's own limit.
+
+One run, on one local control plane:
+  1. direct: a plain client creates the same children (Service, PDB, Deployment) for N objects;
+  2. operator: N LLMDeployments are applied at once and the operator converges them (children
+     exist and status.observedGeneration is current).
+Reports both times and their ratio, the operator's peak RSS (VmHWM), its API writes per
+object (from the API server's audit log) and its writes during an idle resync window.
+
+    .venv/bin/python bench/operator_scale.py --n 100 500
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.dynamic import DynamicClient
+
+from batchline import api, manifests
+from batchline.config import OperatorConfig
+from batchline.local.audit import count_writes
+from batchline.local.controlplane import LocalCluster
+from batchline.local.identities import OPERATOR_USER
+from batchline.local.operator_process import OperatorProcess
+
+REPO = Path(__file__).resolve().parents[1]
+WORKERS = 16
+SPEC = {
+    "model": {"source": "hf://HuggingFaceTB/SmolLM2-135M-Instruct@main"},
+    "resources": {"gpu": {"count": 0}},
+    "autoscaling": {"minReplicas": 0, "maxReplicas": 1},
+}
+
+
+def _namespace(core: client.CoreV1Api, name: str) -> None:
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+
+
+def _defaulted_llmd(name: str, namespace: str) -> dict[str, Any]:
+    from tests.crd_schema import llmd
+
+    obj = llmd(name=name, namespace=namespace, **json.loads(json.dumps(SPEC)))
+    obj["metadata"]["uid"] = "00000000-0000-0000-0000-000000000000"
+    return obj
+
+
+def direct(kube: client.ApiClient, n: int, namespace: str) -> float:
+    dyn = DynamicClient(kube)
+    cfg = OperatorConfig()
+    objs = [manifests.children(_defaulted_llmd(f"d{i}", namespace), 0, cfg, False) for i in range(n)]
+    for kids in objs:  # the owner does not exist here; garbage collection must not reap the children mid-run
+        for kid in kids:
+            kid["metadata"].pop("ownerReferences")
+
+    def create(kids: list[dict[str, Any]]) -> None:
+        for kid in kids:
+            dyn.resources.get(api_version=kid["apiVersion"], kind=kid["kind"]).create(body=kid, namespace=namespace)
+
+    start = time.monotonic()
+    with ThreadPoolExecutor(WORKERS) as pool:
+        list(pool.map(create, objs))
+    return time.monotonic() - start
+
+
+def _converged(custom: client.CustomObjectsApi, apps: client.AppsV1Api, namespace: str, n: int) -> bool:
+    items = custom.list_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL)["items"]
+    current = sum(1 for o in items if (o.get("status") or {}).get("observedGeneration") == o["metadata"]["generation"])
+    return current == n and len(apps.list_namespaced_deployment(namespace).items) == n
+
+
+def via_operator(kube: client.ApiClient, n: int, namespace: str) -> float:
+    custom, apps = client.CustomObjectsApi(kube), client.AppsV1Api(kube)
+
+    def create(i: int) -> None:
+        body = {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": f"o{i}"}, "spec": SPEC}
+        custom.create_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, body)
+
+    start = time.monotonic()
+    with ThreadPoolExecutor(WORKERS) as pool:
+        list(pool.map(create, range(n)))
+    while not _converged(custom, apps, namespace, n):
+        time.sleep(0.5)
+    return time.monotonic() - start
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def run(ns: list[int], resync: float) -> list[dict[str, Any]]:
+    cluster = LocalCluster("bench")
+    cluster.up()
+    kube = config.new_client_from_config(config_file=str(cluster.kubeconfig))
+    core = client.CoreV1Api(kube)
+    crd = REPO / "crds" / "llmdeployment.yaml"
+    subprocess.run(
+        ["kubectl", f"--kubeconfig={cluster.kubeconfig}", "apply", "--server-side", "-f", str(crd)],
+        check=True,
+        capture_output=True,
+    )
+    results = []
+    try:
+        for n in ns:
+            tag = f"{n}-{int(time.time())}"
+            _namespace(core, f"direct-{tag}")
+            _namespace(core, f"op-{tag}")
+            t_direct = direct(kube, n, f"direct-{tag}")
+            with tempfile.TemporaryDirectory() as tmp:
+                op = OperatorProcess(
+                    Path(cluster.operator_kubeconfig),
+                    Path(tmp) / "operator.log",
+                    env={"BATCHLINE_RESYNC_SECONDS": str(resync), "BATCHLINE_MODEL_CACHE_HOST_PATH": tmp},
+                )
+                op.start()
+                op.wait_for_log("Activity 'startup' succeeded", timeout=120)
+                since = time.time()
+                t_op = via_operator(kube, n, f"op-{tag}")
+                writes = count_writes(cluster.state_dir, OPERATOR_USER, since)
+                time.sleep(3)
+                idle_since = time.time()
+                time.sleep(2 * resync + 2)
+                idle = count_writes(cluster.state_dir, OPERATOR_USER, idle_since)
+                assert op.pid is not None
+                rss = peak_rss_mb(op.pid)
+                op.stop()
+            for ns_name in (f"direct-{tag}", f"op-{tag}"):
+                core.delete_namespace(ns_name)
+            results.append(
+                {
+                    "n": n,
+                    "direct_s": round(t_direct, 2),
+                    "operator_s": round(t_op, 2),
+                    "ratio": round(t_op / t_direct, 2),
+                    "peak_rss_mb": round(rss, 1),
+                    "writes_per_object": round(writes / n, 2),
+                    "idle_resync_writes": idle,
+                }
+            )
+            print(json.dumps(results[-1]), flush=True)
+    finally:
+        cluster.down()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, nargs="+", default=[100, 500])
+    parser.add_argument("--resync", type=float, default=10.0)
+    args = parser.parse_args()
+    rows = run(args.n, args.resync)
+    print("\n| N | direct create (s) | operator converge (s) | ratio | peak RSS (MB) | writes/object | idle writes |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['n']} | {r['direct_s']} | {r['operator_s']} | {r['ratio']}x | {r['peak_rss_mb']} | "
+            f"{r['writes_per_object']} | {r['idle_resync_writes']} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,231 @@
+"""Desired state of an LLMDeployment's children, built by pure functions of the (defaulted) object.
+
+Nothing here talks to the API server: the same input always gives the same manifests, which
+is what lets the reconcile loop skip writes when nothing changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from batchline import api
+from batchline.build_key import repository_key
+from batchline.config import OperatorConfig
+
+Manifest = dict[str, Any]
+
+MODEL_MOUNT = "/models"
+TRITON_UID = 1000
+
+
+def selector_labels(name: str) -> dict[str, str]:
+    return {api.LABEL_LLMD: name}
+
+
+def common_labels(name: str) -> dict[str, str]:
+    return {
+        **selector_labels(name),
+        "app.kubernetes.io/name": "triton",
+        "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/component": "inference-server",
+        api.LABEL_MANAGED_BY: api.MANAGED_BY,
+    }
+
+
+def owner_reference(llmd: Mapping[str, Any]) -> dict[str, Any]:
+    meta = llmd["metadata"]
+    return {
+        "apiVersion": api.API_VERSION,
+        "kind": api.KIND,
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _metadata(llmd: Mapping[str, Any], name: str | None = None) -> dict[str, Any]:
+    meta = llmd["metadata"]
+    return {
+        "name": name or meta["name"],
+        "namespace": meta["namespace"],
+        "labels": common_labels(meta["name"]),
+        "ownerReferences": [owner_reference(llmd)],
+    }
+
+
+def model_repository_path(spec: Mapping[str, Any]) -> str:
+    return f"{MODEL_MOUNT}/{repository_key(spec)}/model_repository"
+
+
+def triton_args(spec: Mapping[str, Any]) -> list[str]:
+    return [
+        f"--model-repository={model_repository_path(spec)}",
+        "--strict-readiness=true",
+        "--exit-on-error=true",
+        "--allow-metrics=true",
+        "--metrics-config=summary_latencies=true",
+        f"--http-port={api.TRITON_PORTS['http']}",
+        f"--grpc-port={api.TRITON_PORTS['grpc']}",
+        f"--metrics-port={api.TRITON_PORTS['metrics']}",
+    ]
+
+
+def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": "http"},
+        "periodSeconds": period,
+        "timeoutSeconds": 5,
+        "failureThreshold": failures,
+    }
+
+
+def _resources(res: Mapping[str, Any]) -> dict[str, Any]:
+    requests: dict[str, Any] = {"cpu": str(res["cpu"]), "memory": str(res["memory"])}
+    limits: dict[str, Any] = {"memory": str(res["memory"])}
+    gpus = res["gpu"]["count"]
+    if gpus > 0:
+        requests[api.GPU_RESOURCE] = str(gpus)
+        limits[api.GPU_RESOURCE] = str(gpus)
+    return {"requests": requests, "limits": limits}
+
+
+def _scheduling(res: Mapping[str, Any]) -> dict[str, Any]:
+    node_selector = dict(res.get("nodeSelector") or {})
+    tolerations = list(res.get("tolerations") or [])
+    if res["gpu"]["count"] > 0:
+        if res["gpu"].get("product"):
+            node_selector[api.GPU_PRODUCT_LABEL] = res["gpu"]["product"]
+        tolerations.insert(0, {"key": api.GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
+    out: dict[str, Any] = {"tolerations": tolerations} if tolerations else {}
+    if node_selector:
+        out["nodeSelector"] = node_selector
+    return out
+
+
+def _model_cache_volume(config: OperatorConfig) -> dict[str, Any]:
+    if config.model_cache_host_path:
+        return {"name": "model-cache", "hostPath": {"path": config.model_cache_host_path, "type": "Directory"}}
+    return {"name": "model-cache", "persistentVolumeClaim": {"claimName": config.model_cache_pvc, "readOnly": True}}
+
+
+def triton_container(spec: Mapping[str, Any], config: OperatorConfig) -> dict[str, Any]:
+    serving = spec["serving"]
+    return {
+        "name": "triton",
+        "image": serving.get("image") or config.image_for(serving["backend"]),
+        "command": ["tritonserver"],
+        "args": triton_args(spec),
+        "ports": [{"name": n, "containerPort": p, "protocol": "TCP"} for n, p in api.TRITON_PORTS.items()],
+        "resources": _resources(spec["resources"]),
+        # Model loading can take many minutes; the startup probe holds liveness off until then.
+        "startupProbe": _probe("/v2/health/ready", period=10, failures=180),
+        "readinessProbe": _probe("/v2/health/ready", period=5, failures=3),
+        "livenessProbe": _probe("/v2/health/live", period=10, failures=3),
+        "volumeMounts": [
+            {"name": "model-cache", "mountPath": MODEL_MOUNT, "readOnly": True},
+            {"name": "dshm", "mountPath": "/dev/shm"},
+        ],
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "runAsNonRoot": True,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+
+
+def deployment(llmd: Mapping[str, Any], replicas: int, config: OperatorConfig) -> Manifest:
+    spec = llmd["spec"]
+    name = llmd["metadata"]["name"]
+    pod_spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": TRITON_UID,
+            "runAsGroup": TRITON_UID,
+            "fsGroup": TRITON_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [triton_container(spec, config)],
+        "volumes": [
+            _model_cache_volume(config),
+            {
+                "name": "dshm",
+                "emptyDir": {"medium": "Memory", "sizeLimit": str(spec["resources"]["shmSize"])},
+            },
+        ],
+        **_scheduling(spec["resources"]),
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(llmd),
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": selector_labels(name)},
+            # Surge first, never drop below the current ready count while a new version rolls out.
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": {"metadata": {"labels": common_labels(name)}, "spec": pod_spec},
+        },
+    }
+
+
+def service(llmd: Mapping[str, Any]) -> Manifest:
+    name = llmd["metadata"]["name"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(llmd),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(name),
+            "ports": [
+                {"name": n, "port": p, "targetPort": n, "protocol": "TCP"}
+                for n, p in api.TRITON_PORTS.items()
+            ],
+        },
+    }
+
+
+def pod_disruption_budget(llmd: Mapping[str, Any]) -> Manifest:
+    """At most one replica down to voluntary disruptions (drains), so serving never stops entirely."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(llmd),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(llmd["metadata"]["name"])}},
+    }
+
+
+def pod_monitor(llmd: Mapping[str, Any]) -> Manifest:
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PodMonitor",
+        "metadata": _metadata(llmd),
+        "spec": {
+            "selector": {"matchLabels": selector_labels(llmd["metadata"]["name"])},
+            "podMetricsEndpoints": [{"port": "metrics", "path": "/metrics", "interval": "15s"}],
+        },
+    }
+
+
+def endpoints(llmd: Mapping[str, Any]) -> dict[str, str]:
+    host = f"{llmd['metadata']['name']}.{llmd['metadata']['namespace']}.svc"
+    return {
+        "http": f"http://{host}:{api.TRITON_PORTS['http']}",
+        "grpc": f"{host}:{api.TRITON_PORTS['grpc']}",
+        "metrics": f"http://{host}:{api.TRITON_PORTS['metrics']}/metrics",
+    }
+
+
+def children(
+    llmd: Mapping[str, Any], replicas: int, config: OperatorConfig, with_pod_monitor: bool
+) -> list[Manifest]:
+    """All children, in apply order."""
+    out = [service(llmd), pod_disruption_budget(llmd), deployment(llmd, replicas, config)]
+    if with_pod_monitor:
+        out.append(pod_monitor(llmd))
+    return out

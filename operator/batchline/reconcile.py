@@ -1,0 +1,121 @@
+"""One level-based reconcile pass for an LLMDeployment: read, build desired state, apply, write status.
+
+Everything it reads comes from the operator's in-memory indexes (see handlers.py), so an idle
+pass costs no API call of any kind, and writes happen only where desired and observed differ.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from kubernetes import client
+
+from batchline import api, feasibility, manifests
+from batchline.apply import Applier, applied_hash, with_hash
+from batchline.config import OperatorConfig
+from batchline.observed import DeploymentView, NodeView, Observed, PodView
+from batchline.status import Event, compute_status, status_changed, transition_events
+
+log = logging.getLogger(__name__)
+
+
+class ClusterView(Protocol):
+    """Read access to what the operator has observed, keyed by the owning LLMDeployment."""
+
+    def nodes(self) -> Sequence[NodeView]: ...
+    def deployment(self, namespace: str, name: str) -> DeploymentView | None: ...
+    def pods(self, namespace: str, name: str) -> Sequence[PodView]: ...
+    def child_hash(self, namespace: str, name: str, kind: str) -> str | None: ...
+
+
+@dataclass
+class Writers:
+    applier: Applier
+    custom: client.CustomObjectsApi
+    post_event: Callable[[Mapping[str, Any], Event], None]
+    # (resourceVersion, status) of the last status write per object uid: a pass that starts from a
+    # body fetched before that write landed must neither write it again nor post its Events twice.
+    written_status: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
+
+    def observed_status(self, llmd: Mapping[str, Any]) -> dict[str, Any]:
+        """The status as of the newest of the body and our own last write."""
+        meta = llmd["metadata"]
+        body_status: dict[str, Any] = llmd.get("status") or {}
+        written = self.written_status.get(meta["uid"])
+        if written and _revision(meta) < written[0]:
+            return written[1]
+        return body_status
+
+    def forget(self, uid: str) -> None:
+        self.written_status.pop(uid, None)
+
+
+def _revision(meta: Mapping[str, Any]) -> int:
+    # The API server's resourceVersion is an etcd revision; only our own writes are compared to it.
+    try:
+        return int(meta.get("resourceVersion", 0))
+    except ValueError:
+        return 0
+
+
+def desired_replicas(spec: Mapping[str, Any], deployment: DeploymentView | None) -> int:
+    """Replicas to run until the autoscaler decides otherwise: keep what runs, within [min, max]."""
+    scaling = spec["autoscaling"]
+    low, high = scaling["minReplicas"], scaling["maxReplicas"]
+    if deployment is None or not scaling["enabled"]:
+        return int(low)
+    return int(min(max(deployment.spec_replicas, low), high))
+
+
+def stale_children(desired: Sequence[manifests.Manifest], view: ClusterView) -> list[manifests.Manifest]:
+    """Children whose live applied-hash differs from the desired one (or that do not exist)."""
+    out = []
+    for child in desired:
+        stamped = with_hash(child)
+        meta = stamped["metadata"]
+        if view.child_hash(meta["namespace"], meta["name"], stamped["kind"]) != applied_hash(stamped):
+            out.append(stamped)
+    return out
+
+
+def now_rfc3339() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def reconcile(
+    llmd: Mapping[str, Any],
+    view: ClusterView,
+    writers: Writers,
+    config: OperatorConfig,
+    with_pod_monitor: bool,
+) -> int:
+    """Returns the number of write calls made (0 when the cluster already matches)."""
+    meta = llmd["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    spec = llmd["spec"]
+    nodes = view.nodes()
+    problems = feasibility.check(spec, nodes)
+    deployment = view.deployment(namespace, name)
+    desired = desired_replicas(spec, deployment)
+    writes = 0
+    if not any(p.blocking for p in problems):
+        for child in stale_children(manifests.children(llmd, desired, config, with_pod_monitor), view):
+            writers.applier.apply(child)
+            writes += 1
+            log.info("applied %s %s/%s", child["kind"], namespace, name)
+    observed = Observed(deployment=deployment, pods=tuple(view.pods(namespace, name)), nodes=tuple(nodes))
+    current = writers.observed_status(llmd)
+    new = compute_status({**llmd, "status": current}, observed, problems, desired, now_rfc3339())
+    if status_changed(current, new):
+        result: dict[str, Any] = writers.custom.patch_namespaced_custom_object_status(  # type: ignore[assignment]
+            api.GROUP, api.VERSION, namespace, api.PLURAL, name, {"status": new}
+        )
+        writers.written_status[meta["uid"]] = (_revision(result["metadata"]), new)
+        writes += 1
+        for event in transition_events(current.get("conditions") or [], new["conditions"]):
+            writers.post_event(llmd, event)
+    return writes

@@ -1,0 +1,37 @@
+"""Shared fixtures.
+
+`cluster` is a real local control plane (the code behind `batchline local up`), started once
+per session and torn down at the end; BATCHLINE_KEEP_CLUSTER=1 keeps it running so the next
+session starts in a second or two. The Kubernetes API is never mocked in integration tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import pytest
+from batchline.local import binaries
+from batchline.local.controlplane import LocalCluster
+
+TEST_CLUSTER = "pytest"
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build the control-plane binaries (once, 15-25 min cold) before any cluster test runs,
+    so the build is not charged to one test's timeout and its progress shows in the log."""
+    if not any(item.get_closest_marker("cluster") for item in session.items):
+        return
+    capture = session.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        binaries.ensure_binaries()
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[LocalCluster]:
+    local = LocalCluster(TEST_CLUSTER)
+    local.up()
+    yield local
+    if os.environ.get("BATCHLINE_KEEP_CLUSTER") != "1":
+        local.down()

@@ -1,0 +1,122 @@
+"""Fixtures for tests that run the real operator against the real local control plane."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client, config
+
+from batchline import api
+from batchline.local.operator_process import OperatorProcess
+
+REPO = Path(__file__).resolve().parents[2]
+CRD = REPO / "crds" / "llmdeployment.yaml"
+
+
+def kubectl(
+    kubeconfig: Path, *args: str, input: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["kubectl", f"--kubeconfig={kubeconfig}", *args],
+        input=input,
+        capture_output=True,
+        text=True,
+        check=check,
+        timeout=120,
+    )
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 60.0, interval: float = 0.5, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except client.ApiException as err:
+            last = err
+        if last and not isinstance(last, Exception):
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+@pytest.fixture(scope="session")
+def kube(cluster: Any) -> client.ApiClient:
+    return config.new_client_from_config(config_file=str(cluster.kubeconfig))
+
+
+@pytest.fixture(scope="session")
+def crd(cluster: Any) -> Path:
+    kubectl(cluster.kubeconfig, "apply", "--server-side", "-f", str(CRD))
+    kubectl(cluster.kubeconfig, "wait", "--for=condition=Established", "--timeout=60s", f"crd/{api.PLURAL}.{api.GROUP}")
+    return CRD
+
+
+@pytest.fixture(scope="session")
+def operator(cluster: Any, crd: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    cache = tmp_path_factory.mktemp("model-cache")
+    proc = OperatorProcess(
+        Path(cluster.operator_kubeconfig),
+        tmp_path_factory.mktemp("operator") / "operator.log",
+        env={"BATCHLINE_RESYNC_SECONDS": "3", "BATCHLINE_MODEL_CACHE_HOST_PATH": str(cache)},
+    )
+    proc.start()
+    proc.wait_for_log("Activity 'startup' succeeded")
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def namespace(kube: client.ApiClient) -> Iterator[str]:
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    core = client.CoreV1Api(kube)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    yield name
+    core.delete_namespace(name)
+
+
+class LLMDs:
+    """Create, read and patch LLMDeployments in one namespace."""
+
+    def __init__(self, kube: client.ApiClient, namespace: str) -> None:
+        self.custom = client.CustomObjectsApi(kube)
+        self.namespace = namespace
+
+    def create(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        body = {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": name}, "spec": spec}
+        created: dict[str, Any] = self.custom.create_namespaced_custom_object(
+            api.GROUP, api.VERSION, self.namespace, api.PLURAL, body
+        )
+        return created
+
+    def get(self, name: str) -> dict[str, Any]:
+        obj: dict[str, Any] = self.custom.get_namespaced_custom_object(
+            api.GROUP, api.VERSION, self.namespace, api.PLURAL, name
+        )
+        return obj
+
+    def patch_spec(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        obj: dict[str, Any] = self.custom.patch_namespaced_custom_object(
+            api.GROUP, api.VERSION, self.namespace, api.PLURAL, name, {"spec": spec}
+        )
+        return obj
+
+    def delete(self, name: str) -> None:
+        self.custom.delete_namespaced_custom_object(api.GROUP, api.VERSION, self.namespace, api.PLURAL, name)
+
+    def condition(self, name: str, ctype: str) -> dict[str, Any]:
+        for cond in (self.get(name).get("status") or {}).get("conditions") or []:
+            if cond["type"] == ctype:
+                return dict(cond)
+        return {}
+
+
+@pytest.fixture
+def llmds(kube: client.ApiClient, namespace: str) -> LLMDs:
+    return LLMDs(kube, namespace)

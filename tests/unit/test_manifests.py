@@ -1,0 +1,107 @@
+"""Desired Triton workload: what a platform team would check in `kubectl get deploy -o yaml`."""
+
+from __future__ import annotations
+
+from batchline import api, manifests
+from batchline.build_key import repository_key
+from batchline.config import OperatorConfig
+from tests.crd_schema import llmd
+
+CFG = OperatorConfig()
+
+
+def _pod(obj: dict) -> dict:
+    return manifests.deployment(obj, 2, CFG)["spec"]["template"]["spec"]
+
+
+def test_triton_container_args_ports_and_probes() -> None:
+    obj = llmd()
+    c = _pod(obj)["containers"][0]
+    assert c["image"] == CFG.python_image
+    assert f"--model-repository=/models/{repository_key(obj['spec'])}/model_repository" in c["args"]
+    assert "--strict-readiness=true" in c["args"]
+    assert "--metrics-config=summary_latencies=true" in c["args"]
+    assert [(p["name"], p["containerPort"]) for p in c["ports"]] == [("http", 8000), ("grpc", 8001), ("metrics", 8002)]
+    assert c["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+    assert c["startupProbe"]["failureThreshold"] * c["startupProbe"]["periodSeconds"] >= 600
+
+
+def test_gpu_limits_toleration_and_product_selector() -> None:
+    obj = llmd(resources={"gpu": {"count": 2, "product": "NVIDIA-H100-80GB-HBM3"}, "nodeSelector": {"zone": "a"}})
+    pod = _pod(obj)
+    res = pod["containers"][0]["resources"]
+    assert res["limits"][api.GPU_RESOURCE] == "2" and res["requests"][api.GPU_RESOURCE] == "2"
+    assert res["requests"]["cpu"] == "2" and res["requests"]["memory"] == "8Gi"
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    assert pod["nodeSelector"] == {"zone": "a", "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+
+
+def test_cpu_only_replica_has_no_gpu_request_or_toleration() -> None:
+    pod = _pod(llmd(resources={"gpu": {"count": 0}}))
+    assert api.GPU_RESOURCE not in pod["containers"][0]["resources"]["limits"]
+    assert "tolerations" not in pod and "nodeSelector" not in pod
+
+
+def test_restricted_pod_security_and_shm() -> None:
+    pod = _pod(llmd(resources={"shmSize": "2Gi"}))
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = pod["containers"][0]["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"] == {"drop": ["ALL"]}
+    shm = next(v for v in pod["volumes"] if v["name"] == "dshm")
+    assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": "2Gi"}
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in pod["containers"][0]["volumeMounts"]
+
+
+def test_every_child_is_owned_and_labelled() -> None:
+    obj = llmd(name="chat")
+    kids = manifests.children(obj, 1, CFG, with_pod_monitor=True)
+    assert [k["kind"] for k in kids] == ["Service", "PodDisruptionBudget", "Deployment", "PodMonitor"]
+    for kid in kids:
+        ref = kid["metadata"]["ownerReferences"][0]
+        assert ref == {
+            "apiVersion": "batchline.dev/v1alpha1",
+            "kind": "LLMDeployment",
+            "name": "chat",
+            "uid": "uid-1234",
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+        assert kid["metadata"]["labels"][api.LABEL_LLMD] == "chat"
+    assert [k["kind"] for k in manifests.children(obj, 1, CFG, with_pod_monitor=False)] == [
+        "Service",
+        "PodDisruptionBudget",
+        "Deployment",
+    ]
+
+
+def test_rollout_never_drops_ready_capacity() -> None:
+    dep = manifests.deployment(llmd(), 3, CFG)
+    assert dep["spec"]["replicas"] == 3
+    assert dep["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+
+
+def test_vllm_backend_gets_vllm_image_and_custom_image_wins() -> None:
+    obj = llmd(serving={"backend": "vllm"}, quantization={"mode": "fp8"})
+    assert _pod(obj)["containers"][0]["image"] == CFG.vllm_image
+    obj = llmd(serving={"image": "registry.example/triton:1"})
+    assert _pod(obj)["containers"][0]["image"] == "registry.example/triton:1"
+
+
+def test_repository_key_changes_only_with_build_inputs() -> None:
+    base = llmd()["spec"]
+    assert repository_key(base) == repository_key(llmd(autoscaling={"maxReplicas": 9})["spec"])
+    assert repository_key(base) == repository_key(llmd(quantization={"qualityGate": {"minTop1Agreement": 0.5}})["spec"])
+    assert repository_key(base) != repository_key(llmd(quantization={"mode": "int8-weight-only"})["spec"])
+    assert repository_key(base) != repository_key(llmd(serving={"maxBatchSize": 16})["spec"])
+
+
+def test_model_cache_is_the_pvc_unless_local_mode_names_a_host_folder() -> None:
+    volumes = {v["name"]: v for v in _pod(llmd())["volumes"]}
+    assert volumes["model-cache"]["persistentVolumeClaim"] == {"claimName": "batchline-model-cache", "readOnly": True}
+    local = OperatorConfig(model_cache_host_path="/var/cache/batchline")
+    pod = manifests.deployment(llmd(), 1, local)["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["model-cache"]["hostPath"]["path"] == "/var/cache/batchline"
+    assert {"name": "model-cache", "mountPath": "/models", "readOnly": True} in pod["containers"][0]["volumeMounts"]

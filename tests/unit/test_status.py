@@ -1,0 +1,96 @@
+"""Status and conditions as kubectl, Argo CD and Events show them."""
+
+from __future__ import annotations
+
+from batchline.feasibility import Problem
+from batchline.observed import DeploymentView, NodeView, Observed, PodView
+from batchline.status import compute_status, status_changed, transition_events
+from tests.crd_schema import llmd
+
+NODES = (NodeView("gpu-0", {"nvidia.com/gpu.product": "H100"}, 8),)
+T0, T1 = "2026-11-22T10:00:00Z", "2026-11-22T10:05:00Z"
+
+
+def _dep(ready: int, replicas: int = 2, updated: int | None = None, gen: int = 1, obs: int = 1) -> DeploymentView:
+    upd = replicas if updated is None else updated
+    return DeploymentView(gen, obs, replicas, upd, ready, replicas, "h")
+
+
+def _conds(status: dict) -> dict[str, dict]:
+    return {c["type"]: c for c in status["conditions"]}
+
+
+def test_ready_replicas_and_columns() -> None:
+    obj = llmd(generation=3)
+    status = compute_status(obj, Observed(_dep(ready=2), (), NODES), [], 2, T0)
+    assert status["observedGeneration"] == 3
+    assert status["replicaStatus"] == "2/2"
+    c = _conds(status)
+    assert c["Ready"]["status"] == "True" and c["Ready"]["reason"] == "Serving"
+    assert c["Progressing"]["status"] == "False"
+    assert all(cond["observedGeneration"] == 3 and cond["lastTransitionTime"] == T0 for cond in c.values())
+    assert status["endpoints"]["http"] == "http://chat.team-a.svc:8000"
+
+
+def test_first_visit_without_deployment_is_not_ready() -> None:
+    status = compute_status(llmd(), Observed(None, (), NODES), [], 1, T0)
+    c = _conds(status)
+    assert c["Ready"]["status"] == "False" and c["Ready"]["reason"] == "ReplicasStarting"
+    assert c["Progressing"]["reason"] == "NotDeployed"
+
+
+def test_rollout_in_progress() -> None:
+    status = compute_status(llmd(), Observed(_dep(ready=2, replicas=3, updated=1), (), NODES), [], 2, T0)
+    c = _conds(status)
+    assert c["Progressing"]["status"] == "True" and c["Progressing"]["reason"] == "RollingOut"
+    assert c["Ready"]["status"] == "True"
+
+
+def test_gpu_shortage_reports_requested_versus_allocatable() -> None:
+    obj = llmd(resources={"gpu": {"count": 4}})
+    pods = (
+        PodView("a", True),
+        PodView("b", True),
+        PodView("c", False, "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."),
+    )
+    status = compute_status(obj, Observed(_dep(ready=2, replicas=3), pods, NODES), [], 3, T0)
+    c = _conds(status)
+    assert c["Schedulable"]["status"] == "False" and c["Schedulable"]["reason"] == "InsufficientGPUs"
+    assert "12 in total" in c["Schedulable"]["message"] and "8 allocatable" in c["Schedulable"]["message"]
+    assert status["gpus"] == {"requested": 12, "allocatable": 8, "unschedulableReplicas": 1}
+    assert c["Degraded"]["status"] == "True"
+    assert c["Ready"]["status"] == "True"  # two replicas still serve
+
+
+def test_blocking_problem_explains_itself() -> None:
+    problem = Problem("UnsupportedModelSource", "spec.model.source 's3://x' uses 's3'", blocking=True)
+    c = _conds(compute_status(llmd(), Observed(None, (), NODES), [problem], 1, T0))
+    assert c["Ready"]["status"] == "False" and c["Ready"]["reason"] == "UnsupportedModelSource"
+    assert c["Degraded"]["status"] == "True"
+
+
+def test_transition_time_moves_only_when_status_flips() -> None:
+    obj = llmd()
+    first = compute_status(obj, Observed(_dep(ready=0), (), NODES), [], 2, T0)
+    obj["status"] = first
+    second = compute_status(obj, Observed(_dep(ready=0), (), NODES), [], 2, T1)
+    assert not status_changed(first, second)
+    third = compute_status(obj, Observed(_dep(ready=1), (), NODES), [], 2, T1)
+    assert _conds(third)["Ready"]["lastTransitionTime"] == T1
+    assert _conds(third)["Progressing"]["lastTransitionTime"] == T0
+
+
+def test_autoscaler_fields_survive_a_status_rewrite() -> None:
+    obj = llmd()
+    obj["status"] = {"autoscaling": {"observedLatencyMs": 812, "reason": "within target"}}
+    assert compute_status(obj, Observed(_dep(ready=1), (), NODES), [], 1, T0)["autoscaling"]["observedLatencyMs"] == 812
+
+
+def test_events_only_on_transitions() -> None:
+    obj = llmd()
+    starting = compute_status(obj, Observed(_dep(ready=0), (), NODES), [], 1, T0)["conditions"]
+    events = transition_events([], starting)
+    assert [(e.type, e.reason) for e in events] == [("Warning", "ReplicasStarting")]
+    assert transition_events(starting, starting) == []
+    serving = compute_status(obj, Observed(_dep(ready=1), (), NODES), [], 1, T1)["conditions"]
+    assert [(e.type, e.reason) for e in transition_events(starting, serving)] == [("Normal", "Serving")]
