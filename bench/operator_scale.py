@@ -15,8 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
+import sys
 import tempfile
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -26,13 +28,15 @@ from kubernetes.dynamic import DynamicClient
 
 from batchline import api, manifests
 from batchline.config import OperatorConfig
-from batchline.local.audit import count_writes
+from batchline.local.audit import count_writes, write_events
 from batchline.local.controlplane import LocalCluster
 from batchline.local.identities import OPERATOR_USER
 from batchline.local.operator_process import OperatorProcess
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # tests.crd_schema applies the CRD's own defaults
 WORKERS = 16
+LOG_DIR = Path(tempfile.gettempdir()) / "batchline-bench"  # kept after the cluster goes
 SPEC = {
     "model": {"source": "hf://HuggingFaceTB/SmolLM2-135M-Instruct@main"},
     "resources": {"gpu": {"count": 0}},
@@ -45,7 +49,7 @@ def _namespace(core: client.CoreV1Api, name: str) -> None:
 
 
 def _defaulted_llmd(name: str, namespace: str) -> dict[str, Any]:
-    from tests.crd_schema import llmd
+    from tests.crd_schema import llmd  # needs the repo root on sys.path (see above)
 
     obj = llmd(name=name, namespace=namespace, **json.loads(json.dumps(SPEC)))
     obj["metadata"]["uid"] = "00000000-0000-0000-0000-000000000000"
@@ -119,7 +123,7 @@ def run(ns: list[int], resync: float) -> list[dict[str, Any]]:
             with tempfile.TemporaryDirectory() as tmp:
                 op = OperatorProcess(
                     Path(cluster.operator_kubeconfig),
-                    Path(tmp) / "operator.log",
+                    LOG_DIR / f"operator-{n}.log",
                     env={"BATCHLINE_RESYNC_SECONDS": str(resync), "BATCHLINE_MODEL_CACHE_HOST_PATH": tmp},
                 )
                 op.start()
@@ -130,7 +134,9 @@ def run(ns: list[int], resync: float) -> list[dict[str, Any]]:
                 time.sleep(3)
                 idle_since = time.time()
                 time.sleep(2 * resync + 2)
-                idle = count_writes(cluster.state_dir, OPERATOR_USER, idle_since)
+                idle_events = write_events(cluster.state_dir, OPERATOR_USER, idle_since)
+                idle = len(idle_events)
+                kinds = Counter(f"{e['verb']} {e['objectRef'].get('resource')}" for e in idle_events)
                 assert op.pid is not None
                 rss = peak_rss_mb(op.pid)
                 op.stop()
@@ -145,6 +151,7 @@ def run(ns: list[int], resync: float) -> list[dict[str, Any]]:
                     "peak_rss_mb": round(rss, 1),
                     "writes_per_object": round(writes / n, 2),
                     "idle_resync_writes": idle,
+                "idle_breakdown": dict(kinds),
                 }
             )
             print(json.dumps(results[-1]), flush=True)
@@ -156,7 +163,7 @@ def run(ns: list[int], resync: float) -> list[dict[str, Any]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, nargs="+", default=[100, 500])
-    parser.add_argument("--resync", type=float, default=10.0)
+    parser.add_argument("--resync", type=float, default=OperatorConfig().resync_seconds)
     args = parser.parse_args()
     rows = run(args.n, args.resync)
     print("\n| N | direct create (s) | operator converge (s) | ratio | peak RSS (MB) | writes/object | idle writes |")

@@ -9,13 +9,18 @@ from typing import Any
 
 import kopf
 from kubernetes import client, config
+from prometheus_api_client import PrometheusConnect
+from urllib3.util.retry import Retry
 
 from batchline import api
 from batchline.apply import Applier
+from batchline.autoscaler import Status
 from batchline.config import OperatorConfig
 from batchline.events import EventPoster
 from batchline.observed import DeploymentView, NodeView, PodView
 from batchline.reconcile import Writers, reconcile
+from batchline.scaling import Scaler, ScaleView
+from batchline.status import Event
 
 CONFIG = OperatorConfig.from_env()
 OWNED = {api.LABEL_LLMD: kopf.PRESENT}
@@ -35,9 +40,16 @@ def gpu_nodes(body: kopf.Body, **_: Any) -> dict[None, NodeView]:
     return {None: NodeView.from_body(body)}
 
 
+def _trimmed(body: kopf.Body) -> dict[str, Any]:
+    """What reconcile reads of an LLMDeployment: no managedFields or annotations held per object."""
+    keep = ("name", "namespace", "uid", "generation", "resourceVersion", "deletionTimestamp")
+    meta = {k: body.metadata[k] for k in keep if k in body.metadata}
+    return {"metadata": meta, "spec": dict(body.spec), "status": dict(body.status)}
+
+
 @kopf.index(api.GROUP, api.VERSION, api.PLURAL)
 def llmds(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
-    return {(namespace or "", name): dict(body)}
+    return {(namespace or "", name): _trimmed(body)}
 
 
 @kopf.index("apps", "v1", "deployments", labels=OWNED)
@@ -53,9 +65,7 @@ def llmd_pods(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: 
 
 
 @kopf.index("", "v1", "services", labels=OWNED)
-def llmd_services(
-    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
-) -> dict[Key, str | None]:
+def llmd_services(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, str | None]:
     return {_owner_key(namespace, labels): _hash(body)}
 
 
@@ -65,9 +75,7 @@ def llmd_pdbs(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: 
 
 
 @kopf.index("monitoring.coreos.com", "v1", "podmonitors", labels=OWNED)
-def llmd_podmonitors(
-    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
-) -> dict[Key, str | None]:
+def llmd_podmonitors(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, str | None]:
     return {_owner_key(namespace, labels): _hash(body)}
 
 
@@ -111,19 +119,40 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         prefix=api.GROUP, key="last-handled-configuration"
     )
     settings.persistence.finalizer = f"{api.GROUP}/finalizer"
-    settings.execution.max_workers = 8
+    settings.execution.max_workers = 16
     settings.posting.enabled = False  # Events come from events.EventPoster, on transitions only
     settings.watching.server_timeout = 300
     try:
         config.load_incluster_config()
     except config.ConfigException:
         config.load_kube_config()
-    api_client = client.ApiClient()
+    configuration = client.Configuration.get_default_copy()
+    configuration.connection_pool_maxsize = 32  # above settings.execution.max_workers
+    api_client = client.ApiClient(configuration)
     applier = Applier(api_client)
     memo.writers = Writers(applier, client.CustomObjectsApi(api_client), EventPoster(client.CoreV1Api(api_client)))
     memo.with_pod_monitor = applier.has_kind("monitoring.coreos.com/v1", "PodMonitor")
     memo.locks = {}
     memo.locks_guard = threading.Lock()
+    # No retries: a tick that cannot reach Prometheus holds replicas and says so; the next tick tries again.
+    prom = PrometheusConnect(url=CONFIG.prometheus_url, disable_ssl=True, retry=Retry(total=0), timeout=10)
+    memo.scaler = Scaler(prom, CONFIG.query_config())
+    memo.stop = threading.Event()
+    threading.Thread(target=_refresh_metrics, args=(memo.scaler, memo.stop), name="metrics", daemon=True).start()
+
+
+def _refresh_metrics(scaler: Scaler, stop: threading.Event) -> None:
+    """One set of Prometheus queries per tick, for all LLMDeployments at once."""
+    while not stop.is_set():
+        result = scaler.refresh()
+        if result.status is not Status.OK:
+            logging.getLogger(__name__).warning("autoscaler metrics: %s", result.detail)
+        stop.wait(CONFIG.autoscale_tick_seconds)
+
+
+@kopf.on.cleanup()
+def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    memo.stop.set()
 
 
 def _lock(memo: kopf.Memo, key: Key) -> threading.Lock:
@@ -132,12 +161,29 @@ def _lock(memo: kopf.Memo, key: Key) -> threading.Lock:
         return lock
 
 
+def _scale(llmd: Mapping[str, Any], memo: kopf.Memo, view: IndexView) -> ScaleView:
+    """The autoscaler's decision on the newest metrics; posts one Event when it changes replicas."""
+    meta = llmd["metadata"]
+    deployment = view.deployment(meta["namespace"], meta["name"])
+    pods = view.pods(meta["namespace"], meta["name"])
+    current = deployment.spec_replicas if deployment else llmd["spec"]["autoscaling"]["minReplicas"]
+    ready = deployment.ready_replicas if deployment else 0
+    scale: ScaleView = memo.scaler.tick(llmd, current, ready, sum(1 for p in pods if p.unschedulable_message))
+    if deployment is not None and scale.replicas != current:
+        reason = "ScaledUp" if scale.replicas > current else "ScaledDown"
+        memo.writers.post_event(
+            llmd, Event("Normal", reason, f"{current} -> {scale.replicas} replicas: {scale.reason}")
+        )
+    return scale
+
+
 def _run(llmd: Mapping[str, Any], memo: kopf.Memo, indexes: Mapping[str, Any]) -> None:
     meta = llmd["metadata"]
     if meta.get("deletionTimestamp"):
         return  # children go with their owner through garbage collection
+    view = IndexView(indexes)
     with _lock(memo, (meta["namespace"], meta["name"])):
-        reconcile(llmd, IndexView(indexes), memo.writers, CONFIG, memo.with_pod_monitor)
+        reconcile(llmd, view, memo.writers, CONFIG, memo.with_pod_monitor, _scale(llmd, memo, view))
 
 
 INDEX_NAMES = (
@@ -159,18 +205,23 @@ def _indexes(kwargs: Mapping[str, Any]) -> dict[str, Any]:
 def llmd_changed(type: str | None, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     if type == "DELETED":
         memo.writers.forget(body.metadata.uid)
+        memo.scaler.forget(body.metadata.uid)
     else:
-        _run(dict(body), memo, _indexes(kwargs))
+        _run(_trimmed(body), memo, _indexes(kwargs))
 
 
 @kopf.timer(api.GROUP, api.VERSION, api.PLURAL, interval=CONFIG.resync_seconds)
 def resync(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
-    _run(dict(body), memo, _indexes(kwargs))
+    _run(_trimmed(body), memo, _indexes(kwargs))
 
 
-def _owner_changed(
-    namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, kwargs: Mapping[str, Any]
-) -> None:
+@kopf.timer(api.GROUP, api.VERSION, api.PLURAL, interval=CONFIG.autoscale_tick_seconds)
+def autoscale(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+    """A pass per tick, so each object's autoscaler sees every fetched sample."""
+    _run(_trimmed(body), memo, _indexes(kwargs))
+
+
+def _owner_changed(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, kwargs: Mapping[str, Any]) -> None:
     key = _owner_key(namespace, labels)
     store = kwargs["llmds"].get(key)
     owner = next(iter(store), None) if store else None

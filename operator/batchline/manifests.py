@@ -208,6 +208,8 @@ def pod_monitor(llmd: Mapping[str, Any]) -> Manifest:
         "spec": {
             "selector": {"matchLabels": selector_labels(llmd["metadata"]["name"])},
             "podMetricsEndpoints": [{"port": "metrics", "path": "/metrics", "interval": "15s"}],
+            # Becomes the Prometheus label batchline_dev_llmdeployment, which the autoscaler groups by.
+            "podTargetLabels": [api.LABEL_LLMD],
         },
     }
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -18,9 +19,12 @@ from batchline import api, feasibility, manifests
 from batchline.apply import Applier, applied_hash, with_hash
 from batchline.config import OperatorConfig
 from batchline.observed import DeploymentView, NodeView, Observed, PodView
+from batchline.scaling import ScaleView
 from batchline.status import Event, compute_status, status_changed, transition_events
 
 log = logging.getLogger(__name__)
+
+INDEX_LAG = 10.0  # seconds to trust our own recent apply over an index that has not caught up
 
 
 class ClusterView(Protocol):
@@ -40,6 +44,9 @@ class Writers:
     # (resourceVersion, status) of the last status write per object uid: a pass that starts from a
     # body fetched before that write landed must neither write it again nor post its Events twice.
     written_status: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
+    # (hash, monotonic time) of children applied recently, per (uid, kind): the watch that updates the
+    # index lags the write by a moment, and a pass in that moment must not apply the same thing again.
+    applied: dict[tuple[str, str], tuple[str, float]] = field(default_factory=dict)
 
     def observed_status(self, llmd: Mapping[str, Any]) -> dict[str, Any]:
         """The status as of the newest of the body and our own last write."""
@@ -50,8 +57,14 @@ class Writers:
             return written[1]
         return body_status
 
+    def recently_applied(self, uid: str, manifest: manifests.Manifest) -> bool:
+        record = self.applied.get((uid, manifest["kind"]))
+        return record is not None and record[0] == applied_hash(manifest) and time.monotonic() - record[1] < INDEX_LAG
+
     def forget(self, uid: str) -> None:
         self.written_status.pop(uid, None)
+        for key in [k for k in self.applied if k[0] == uid]:
+            del self.applied[key]
 
 
 def _revision(meta: Mapping[str, Any]) -> int:
@@ -62,13 +75,14 @@ def _revision(meta: Mapping[str, Any]) -> int:
         return 0
 
 
-def desired_replicas(spec: Mapping[str, Any], deployment: DeploymentView | None) -> int:
-    """Replicas to run until the autoscaler decides otherwise: keep what runs, within [min, max]."""
+def desired_replicas(spec: Mapping[str, Any], deployment: DeploymentView | None, scale: ScaleView | None) -> int:
+    """The autoscaler's choice; before its first decision, keep what runs. Always within [min, max]."""
     scaling = spec["autoscaling"]
     low, high = scaling["minReplicas"], scaling["maxReplicas"]
-    if deployment is None or not scaling["enabled"]:
+    if not scaling["enabled"]:
         return int(low)
-    return int(min(max(deployment.spec_replicas, low), high))
+    wanted = scale.replicas if scale else deployment.spec_replicas if deployment else low
+    return int(min(max(wanted, low), high))
 
 
 def stale_children(desired: Sequence[manifests.Manifest], view: ClusterView) -> list[manifests.Manifest]:
@@ -92,6 +106,7 @@ def reconcile(
     writers: Writers,
     config: OperatorConfig,
     with_pod_monitor: bool,
+    scale: ScaleView | None = None,
 ) -> int:
     """Returns the number of write calls made (0 when the cluster already matches)."""
     meta = llmd["metadata"]
@@ -100,22 +115,35 @@ def reconcile(
     nodes = view.nodes()
     problems = feasibility.check(spec, nodes)
     deployment = view.deployment(namespace, name)
-    desired = desired_replicas(spec, deployment)
+    desired = desired_replicas(spec, deployment, scale)
     writes = 0
+    deployment_written = False
     if not any(p.blocking for p in problems):
         for child in stale_children(manifests.children(llmd, desired, config, with_pod_monitor), view):
+            if writers.recently_applied(meta["uid"], child):
+                continue
             writers.applier.apply(child)
+            writers.applied[(meta["uid"], child["kind"])] = (applied_hash(child), time.monotonic())
             writes += 1
+            deployment_written |= child["kind"] == "Deployment"
             log.info("applied %s %s/%s", child["kind"], namespace, name)
+    if deployment_written:
+        return writes  # its watch event starts the next pass, which sees it and writes the status
     observed = Observed(deployment=deployment, pods=tuple(view.pods(namespace, name)), nodes=tuple(nodes))
     current = writers.observed_status(llmd)
-    new = compute_status({**llmd, "status": current}, observed, problems, desired, now_rfc3339())
+    new = compute_status({**llmd, "status": current}, observed, problems, desired, now_rfc3339(), scale)
     if status_changed(current, new):
         result: dict[str, Any] = writers.custom.patch_namespaced_custom_object_status(  # type: ignore[assignment]
             api.GROUP, api.VERSION, namespace, api.PLURAL, name, {"status": new}
         )
         writers.written_status[meta["uid"]] = (_revision(result["metadata"]), new)
         writes += 1
+        log.info(
+            "status of %s/%s: %s",
+            namespace,
+            name,
+            [(c["type"], c["reason"]) for c in new["conditions"] if c not in current.get("conditions", [])],
+        )
         for event in transition_events(current.get("conditions") or [], new["conditions"]):
             writers.post_event(llmd, event)
     return writes

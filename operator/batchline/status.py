@@ -11,12 +11,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from batchline import api
+from batchline.autoscaler import Status
 from batchline.feasibility import Problem, matching_nodes
 from batchline.manifests import endpoints
 from batchline.observed import Observed
+from batchline.scaling import ScaleView
 
 TRUE, FALSE, UNKNOWN = "True", "False", "Unknown"
-CONDITION_ORDER = ("Ready", "Schedulable", "Progressing", "Degraded")
+CONDITION_ORDER = ("Ready", "Schedulable", "Progressing", "Degraded", "ScalingActive")
+_METRIC_REASONS = {
+    Status.PROMETHEUS_DOWN: "PrometheusUnavailable",
+    Status.NO_DATA: "NoMetrics",
+    Status.NAN: "MetricsNaN",
+    Status.STALE: "MetricsStale",
+}
 
 
 @dataclass(frozen=True)
@@ -35,14 +43,30 @@ def _gpu_status(spec: Mapping[str, Any], observed: Observed, desired: int) -> di
     return {
         "requested": res["gpu"]["count"] * desired,
         "allocatable": sum(n.allocatable_gpus for n in matching_nodes(res, observed.nodes)),
-        "unschedulableReplicas": sum(
-            1 for p in observed.pods if p.unschedulable_message and not p.terminating
-        ),
+        "unschedulableReplicas": sum(1 for p in observed.pods if p.unschedulable_message and not p.terminating),
     }
 
 
+def _scaling_condition(spec: Mapping[str, Any], scale: ScaleView | None, desired: int) -> dict[str, Any]:
+    if not spec["autoscaling"]["enabled"]:
+        return _cond(
+            "ScalingActive", FALSE, "AutoscalingDisabled", f"spec.autoscaling.enabled is false: {desired} replicas."
+        )
+    if scale is None:
+        return _cond("ScalingActive", UNKNOWN, "WaitingForMetrics", "The autoscaler has not read metrics yet.")
+    if scale.metrics is Status.OK:
+        return _cond("ScalingActive", TRUE, "TrackingLatency", scale.reason)
+    return _cond(
+        "ScalingActive",
+        FALSE,
+        _METRIC_REASONS[scale.metrics],
+        f"Replicas held at {desired}: {scale.metrics_detail}. "
+        "Check that Prometheus is up and scrapes the Triton pods' metrics port.",
+    )
+
+
 def _conditions(
-    spec: Mapping[str, Any], observed: Observed, problems: Sequence[Problem], desired: int
+    spec: Mapping[str, Any], observed: Observed, problems: Sequence[Problem], desired: int, scale: ScaleView | None
 ) -> list[dict[str, Any]]:
     dep = observed.deployment
     blocking = [p for p in problems if p.blocking]
@@ -66,9 +90,7 @@ def _conditions(
             "Lower spec.autoscaling.maxReplicas or add GPU nodes.",
         )
     else:
-        schedulable = _cond(
-            "Schedulable", TRUE, "Schedulable", "All replicas can be placed on matching nodes."
-        )
+        schedulable = _cond("Schedulable", TRUE, "Schedulable", "All replicas can be placed on matching nodes.")
 
     if blocking or dep is None:
         progressing = _cond("Progressing", FALSE, "NotDeployed", "No Triton Deployment exists yet.")
@@ -99,7 +121,8 @@ def _conditions(
         ready = _cond("Ready", FALSE, schedulable["reason"], schedulable["message"])
     else:
         ready = _cond("Ready", FALSE, "ReplicasStarting", f"0 of {desired} replicas are ready yet.")
-    by_type = {c["type"]: c for c in (ready, schedulable, progressing, degraded)}
+    scaling = _scaling_condition(spec, scale, desired)
+    by_type = {c["type"]: c for c in (ready, schedulable, progressing, degraded, scaling)}
     return [by_type[t] for t in CONDITION_ORDER]
 
 
@@ -121,10 +144,29 @@ def _stamp(
     return out
 
 
+def _autoscaling(scale: ScaleView, observed: Observed) -> dict[str, Any]:
+    block: dict[str, Any] = {
+        "currentReplicas": observed.deployment.spec_replicas if observed.deployment else 0,
+        "desiredReplicas": scale.replicas,
+        "reason": scale.reason,
+    }
+    optional = {
+        "observedLatencyMs": scale.latency_ms,
+        "observedQueueMs": scale.queue_ms,
+        "lastScaleTime": scale.last_scale_time,
+    }
+    return block | {k: v for k, v in optional.items() if v is not None}
+
+
 def compute_status(
-    llmd: Mapping[str, Any], observed: Observed, problems: Sequence[Problem], desired: int, now: str
+    llmd: Mapping[str, Any],
+    observed: Observed,
+    problems: Sequence[Problem],
+    desired: int,
+    now: str,
+    scale: ScaleView | None = None,
 ) -> dict[str, Any]:
-    """The whole status to write; fields the autoscaler owns (status.autoscaling) are kept as they are."""
+    """The whole status to write; status.autoscaling comes from the autoscaler's last decision."""
     spec = llmd["spec"]
     current = llmd.get("status") or {}
     generation = int(llmd["metadata"].get("generation", 0))
@@ -139,10 +181,12 @@ def compute_status(
         "endpoints": endpoints(llmd),
         "gpus": _gpu_status(spec, observed, desired),
         "conditions": _stamp(
-            _conditions(spec, observed, problems, desired), current.get("conditions") or [], generation, now
+            _conditions(spec, observed, problems, desired, scale), current.get("conditions") or [], generation, now
         ),
     }
-    if "autoscaling" in current:
+    if scale is not None:
+        status["autoscaling"] = _autoscaling(scale, observed)
+    elif "autoscaling" in current:
         status["autoscaling"] = current["autoscaling"]
     return status
 
@@ -151,8 +195,8 @@ def status_changed(current: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
     return any(current.get(k) != v for k, v in new.items())
 
 
-_BAD = {("Ready", FALSE), ("Schedulable", FALSE), ("Degraded", TRUE)}
-_QUIET_START = {("Schedulable", TRUE), ("Degraded", FALSE)}
+_BAD = {("Ready", FALSE), ("Schedulable", FALSE), ("Degraded", TRUE), ("ScalingActive", FALSE)}
+_QUIET_START = {("Schedulable", TRUE), ("Degraded", FALSE), ("ScalingActive", TRUE), ("ScalingActive", UNKNOWN)}
 
 
 def transition_events(old: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any]]) -> list[Event]:
@@ -161,7 +205,7 @@ def transition_events(old: Sequence[Mapping[str, Any]], new: Sequence[Mapping[st
     events: list[Event] = []
     for cond in new:
         key = (cond["status"], cond["reason"])
-        if cond["type"] in ("Ready", "Schedulable", "Degraded") and previous.get(cond["type"]) != key:
+        if cond["type"] in ("Ready", "Schedulable", "Degraded", "ScalingActive") and previous.get(cond["type"]) != key:
             if previous.get(cond["type"]) is None and (cond["type"], cond["status"]) in _QUIET_START:
                 continue
             kind = "Warning" if (cond["type"], cond["status"]) in _BAD else "Normal"

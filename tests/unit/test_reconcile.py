@@ -74,9 +74,9 @@ def _pass(cluster: FakeCluster, obj: dict[str, Any], stale: bool = False) -> int
 
 def test_second_pass_with_nothing_changed_writes_nothing() -> None:
     cluster, obj = FakeCluster(), llmd()
-    assert _pass(cluster, obj) == 4  # service, pdb, deployment, status
-    assert cluster.writes == ["Service", "PodDisruptionBudget", "Deployment", "status"]
-    assert _pass(cluster, obj) == 1  # the status now sees the Deployment
+    assert _pass(cluster, obj) == 3  # service, pdb, deployment; the Deployment's watch event comes next
+    assert cluster.writes == ["Service", "PodDisruptionBudget", "Deployment"]
+    assert _pass(cluster, obj) == 1  # the status, which now sees the Deployment
     assert _pass(cluster, obj) == 0
     assert _pass(cluster, obj) == 0
 
@@ -87,6 +87,7 @@ def test_spec_change_reapplies_only_what_changed() -> None:
     _pass(cluster, obj)
     cluster.writes.clear()
     changed = llmd(serving={"maxBatchSize": 32}, generation=2)
+    _pass(cluster, changed)
     _pass(cluster, changed)
     assert cluster.writes == ["Deployment", "status"]
 
@@ -102,11 +103,11 @@ def test_blocking_problem_creates_nothing_and_posts_one_event() -> None:
 
 def test_desired_replicas_keeps_running_count_within_bounds() -> None:
     spec = llmd(autoscaling={"minReplicas": 2, "maxReplicas": 5})["spec"]
-    assert desired_replicas(spec, None) == 2
-    assert desired_replicas(spec, DeploymentView(1, 1, 4, 4, 4, 4, "h")) == 4
-    assert desired_replicas(spec, DeploymentView(1, 1, 9, 9, 9, 9, "h")) == 5
+    assert desired_replicas(spec, None, None) == 2
+    assert desired_replicas(spec, DeploymentView(1, 1, 4, 4, 4, 4, "h"), None) == 4
+    assert desired_replicas(spec, DeploymentView(1, 1, 9, 9, 9, 9, "h"), None) == 5
     off = llmd(autoscaling={"enabled": False, "minReplicas": 3})["spec"]
-    assert desired_replicas(off, DeploymentView(1, 1, 1, 1, 1, 1, "h")) == 3
+    assert desired_replicas(off, DeploymentView(1, 1, 1, 1, 1, 1, "h"), None) == 3
 
 
 def test_a_stale_body_neither_rewrites_status_nor_repeats_events() -> None:
@@ -115,3 +116,11 @@ def test_a_stale_body_neither_rewrites_status_nor_repeats_events() -> None:
     _pass(cluster, obj, stale=True)
     assert _pass(cluster, obj, stale=True) == 0  # same old body again, e.g. the timer racing the watch
     assert [e.reason for e in cluster.events] == ["UnsupportedModelSource"]
+
+
+def test_a_child_applied_a_moment_ago_is_not_applied_again_while_the_index_lags() -> None:
+    cluster, obj = FakeCluster(), llmd()
+    _pass(cluster, obj)
+    cluster.hashes.clear()  # the watch events have not arrived yet
+    assert _pass(cluster, obj) <= 1  # at most the status; no child is applied twice
+    assert cluster.writes.count("Deployment") == 1

@@ -1,0 +1,185 @@
+"""The autoscaler's whole loop with real parts: Triton on the CPU, Prometheus scraping it, the
+local control plane and the operator. The Triton pods on the fake nodes add no capacity, so the
+served latency stays high under load: what is checked is the operator's reaction to real metrics.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+from kubernetes import client
+
+from batchline.local.operator_process import OperatorProcess
+from batchline.local.prometheus import PrometheusServer, ScrapeTarget
+from model_repo_builder.triton_server import TritonServer
+from tests.integration.conftest import LLMDs, wait_for
+
+pytestmark = [pytest.mark.cluster, pytest.mark.triton, pytest.mark.prometheus]
+
+BATCH_SECONDS = 0.25
+MODEL = f"""
+import os
+import site
+import time
+
+for path in filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep)):
+    site.addsitedir(path)  # the stub's interpreter ignores PYTHONPATH
+
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        time.sleep({BATCH_SECONDS})  # one batch, whatever its size: a stand-in for a forward pass
+        out = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "x").as_numpy()
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("y", x)]))
+        return out
+"""
+CONFIG = """
+name: "slow"
+backend: "python"
+max_batch_size: 4
+input [{ name: "x", data_type: TYPE_FP32, dims: [1] }]
+output [{ name: "y", data_type: TYPE_FP32, dims: [1] }]
+dynamic_batching { max_queue_delay_microseconds: 1000 }
+instance_group [{ kind: KIND_CPU, count: 1 }]
+"""
+AUTOSCALING = {
+    "minReplicas": 1,
+    "maxReplicas": 4,
+    "targetLatencyMs": 400,
+    "scaleDownStabilizationSeconds": 10,
+    "coldStartSeconds": 4,
+    "demandWindowSeconds": 15,
+    "metricsStalenessSeconds": 20,
+}
+TICK = 2
+
+
+@pytest.fixture(scope="module")
+def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+    repo = tmp_path_factory.mktemp("repo")
+    (repo / "slow" / "1").mkdir(parents=True)
+    (repo / "slow" / "1" / "model.py").write_text(MODEL)
+    (repo / "slow" / "config.pbtxt").write_text(CONFIG)
+    with TritonServer([repo]) as server:
+        yield server
+
+
+class Load:
+    """Closed-loop clients, each with its own tritonclient (the HTTP client is not thread-safe)."""
+
+    def __init__(self, url: str, clients: int) -> None:
+        self.stop = threading.Event()
+        self.done = 0
+        self.threads = [threading.Thread(target=self._run, args=(url,), daemon=True) for _ in range(clients)]
+
+    def _run(self, url: str) -> None:
+        triton = httpclient.InferenceServerClient(url)
+        x = httpclient.InferInput("x", [1, 1], "FP32")
+        x.set_data_from_numpy(np.ones((1, 1), dtype=np.float32))
+        while not self.stop.is_set():
+            triton.infer("slow", [x])
+            self.done += 1
+
+    def __enter__(self) -> Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=10)
+
+
+def _replicas(kube: client.ApiClient, namespace: str, name: str) -> int:
+    return int(client.AppsV1Api(kube).read_namespaced_deployment(name, namespace).spec.replicas)
+
+
+def test_scales_up_under_load_down_when_idle_and_holds_without_prometheus(
+    cluster: Any,
+    crd: Path,
+    kube: client.ApiClient,
+    namespace: str,
+    llmds: LLMDs,
+    triton: TritonServer,
+    tmp_path: Path,
+) -> None:
+    labels = {"namespace": namespace, "batchline_dev_llmdeployment": "chat"}
+    prometheus = PrometheusServer([ScrapeTarget(f"127.0.0.1:{triton.metrics_port}", labels)]).start()
+    operator = OperatorProcess(
+        Path(cluster.operator_kubeconfig),
+        tmp_path / "operator.log",
+        env={
+            "BATCHLINE_PROMETHEUS_URL": prometheus.url,
+            "BATCHLINE_AUTOSCALE_TICK_SECONDS": str(TICK),
+            "BATCHLINE_RESYNC_SECONDS": "5",
+            "BATCHLINE_MODEL_CACHE_HOST_PATH": str(tmp_path),
+        },
+    )
+    operator.start()
+    try:
+        operator.wait_for_log("Activity 'startup' succeeded")
+        llmds.create("chat", {"model": {"source": "hf://org/chat"}, "autoscaling": AUTOSCALING})
+        wait_for(
+            lambda: llmds.condition("chat", "ScalingActive").get("status") == "True",
+            timeout=60,
+            what="ScalingActive=True from real metrics",
+        )
+        assert _replicas(kube, namespace, "chat") == 1
+
+        with Load(triton.http_url, clients=12) as load:
+            started = time.monotonic()
+            wait_for(lambda: _replicas(kube, namespace, "chat") > 1, timeout=60, what="scale-up under load")
+            reaction = time.monotonic() - started
+            wait_for(
+                lambda: (llmds.get("chat")["status"].get("autoscaling") or {}).get("observedLatencyMs", 0) > 400,
+                timeout=30,
+                what="observed p95 over target in status",
+            )
+            peak = _replicas(kube, namespace, "chat")
+        idle_from = time.monotonic()
+        assert load.done > 0
+        assert reaction < 45, f"scale-up took {reaction:.0f}s"
+        status = llmds.get("chat")["status"]["autoscaling"]
+        assert status["lastScaleTime"] and status["reason"]
+        assert status["desiredReplicas"] >= 2 and status["currentReplicas"] >= 1
+        assert client.CoreV1Api(kube).list_namespaced_event(namespace, field_selector="reason=ScaledUp").items, (
+            "every scale decision posts an Event"
+        )
+
+        wait_for(lambda: _replicas(kube, namespace, "chat") == 1, timeout=120, what="scale-down when idle")
+        events = sorted(
+            client.CoreV1Api(kube).list_namespaced_event(namespace).items, key=lambda e: e.metadata.creation_timestamp
+        )
+        trace = "\n".join(f"{e.metadata.creation_timestamp:%H:%M:%S} {e.reason}: {e.message}" for e in events)
+        assert time.monotonic() - idle_from >= AUTOSCALING["scaleDownStabilizationSeconds"] - TICK, (
+            f"scaled down from {peak} to 1 before the stabilization window:\n{trace}"
+        )
+
+        with Load(triton.http_url, clients=12):
+            wait_for(lambda: _replicas(kube, namespace, "chat") > 1, timeout=60, what="second scale-up")
+            prometheus.stop()
+            held = _replicas(kube, namespace, "chat")
+            cond = wait_for(
+                lambda: (c := llmds.condition("chat", "ScalingActive")).get("reason") == "PrometheusUnavailable" and c,
+                timeout=60,
+                what="ScalingActive=False PrometheusUnavailable",
+            )
+        assert cond["status"] == "False" and "held at" in cond["message"]
+        time.sleep(3 * TICK)
+        assert _replicas(kube, namespace, "chat") == held, "replicas must hold while Prometheus is down"
+        assert operator.running
+    finally:
+        operator.stop()
+        prometheus.stop()

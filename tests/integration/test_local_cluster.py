@@ -1,0 +1,211 @@
+"""The local control plane behind `batchline local` and the `cluster` fixture, against the real API."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from kubernetes import client, config
+
+from batchline.local import process
+from batchline.local.audit import count_writes, write_events
+from batchline.local.controlplane import LocalCluster
+from batchline.local.identities import OPERATOR_USER
+from batchline.local.kubeapi import ApiError, KubeApi
+from batchline.local.nodes import GPU_RESOURCE, GPU_TAINT, NodeSpec, is_ready
+
+pytestmark = pytest.mark.cluster
+
+T = TypeVar("T")
+GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+
+
+def wait_until(check: Callable[[], T], what: str, timeout: float = 60.0) -> T:
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.25)
+    return value
+
+
+def get_or_none(api: KubeApi, path: str) -> Any:
+    try:
+        return api.get(path)
+    except ApiError as err:
+        if err.status == 404:
+            return None
+        raise
+
+
+def batchline_local(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "batchline.cli", "local", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.fixture
+def namespace(cluster: LocalCluster) -> Iterator[str]:
+    api = cluster.api()
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    api.request("POST", "/api/v1/namespaces", {"metadata": {"name": name}})
+    # The ServiceAccount admission plugin rejects pods until the controller made this.
+    wait_until(
+        lambda: get_or_none(api, f"/api/v1/namespaces/{name}/serviceaccounts/default"), "the default service account"
+    )
+    yield name
+    api.request("DELETE", f"/api/v1/namespaces/{name}")
+
+
+def pod_template(name: str, gpus: int) -> dict[str, Any]:
+    container = {
+        "name": "server",
+        "image": "nvcr.io/nvidia/tritonserver:24.08-py3",
+        "resources": {"limits": {GPU_RESOURCE: str(gpus)}},
+        # Nothing listens: KWOK fakes pod status, so probes must not hold back readiness.
+        "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": 8000}},
+    }
+    return {"metadata": {"labels": {"app": name}}, "spec": {"tolerations": [GPU_TOLERATION], "containers": [container]}}
+
+
+def test_gpu_nodes_have_gpus_product_label_and_taint(cluster: LocalCluster) -> None:
+    items = cluster.api().get("/api/v1/nodes?labelSelector=batchline.dev/local-node%3Dpool")["items"]
+    nodes = {n["metadata"]["name"]: n for n in items}
+    assert set(nodes) == {"gpu-node-0", "gpu-node-1"}
+    for node in nodes.values():
+        assert is_ready(node)
+        assert node["status"]["allocatable"][GPU_RESOURCE] == "8"
+        assert node["metadata"]["labels"]["nvidia.com/gpu.product"] == "NVIDIA-H100-80GB-HBM3"
+        assert node["metadata"]["labels"]["nvidia.com/gpu.count"] == "8"
+        assert GPU_TAINT in node["spec"]["taints"]
+
+
+def test_gpu_deployment_gets_ready_pods_and_is_garbage_collected(cluster: LocalCluster, namespace: str) -> None:
+    api = cluster.api()
+    deployments = f"/apis/apps/v1/namespaces/{namespace}/deployments"
+    api.request(
+        "POST",
+        deployments,
+        {
+            "metadata": {"name": "triton"},
+            "spec": {
+                "replicas": 3,
+                "selector": {"matchLabels": {"app": "triton"}},
+                "template": pod_template("triton", 2),
+            },
+        },
+    )
+    wait_until(lambda: api.get(f"{deployments}/triton")["status"].get("readyReplicas") == 3, "3 ready replicas")
+    pods = api.get(f"/api/v1/namespaces/{namespace}/pods?labelSelector=app%3Dtriton")["items"]
+    assert {p["status"]["phase"] for p in pods} == {"Running"}
+    assert {p["spec"]["nodeName"] for p in pods} <= {"gpu-node-0", "gpu-node-1"}
+
+    api.request("DELETE", f"{deployments}/triton")
+    wait_until(
+        lambda: not api.get(f"/api/v1/namespaces/{namespace}/pods")["items"],
+        "the garbage collector to delete the ReplicaSet's pods",
+    )
+
+
+def test_pod_wanting_more_gpus_than_any_node_stays_unschedulable(cluster: LocalCluster, namespace: str) -> None:
+    api = cluster.api()
+    pod = pod_template("too-big", 9) | {"apiVersion": "v1", "kind": "Pod"}
+    pod["metadata"]["name"] = "too-big"
+    api.request("POST", f"/api/v1/namespaces/{namespace}/pods", pod)
+
+    def scheduled_condition() -> Any:
+        conditions = api.get(f"/api/v1/namespaces/{namespace}/pods/too-big")["status"].get("conditions", [])
+        return next((c for c in conditions if c["type"] == "PodScheduled"), None)
+
+    condition = wait_until(scheduled_condition, "the scheduler to give up on the pod", timeout=30)
+    assert (condition["status"], condition["reason"]) == ("False", "Unschedulable")
+    assert "nvidia.com/gpu" in condition["message"]
+
+
+def test_job_pods_complete(cluster: LocalCluster, namespace: str) -> None:
+    api = cluster.api()
+    jobs = f"/apis/batch/v1/namespaces/{namespace}/jobs"
+    template = pod_template("job", 1)
+    template["spec"]["restartPolicy"] = "Never"
+    api.request("POST", jobs, {"metadata": {"name": "once"}, "spec": {"template": template}})
+    wait_until(lambda: api.get(f"{jobs}/once")["status"].get("succeeded") == 1, "the job to succeed")
+
+
+def test_audit_log_attributes_writes_to_the_operator(cluster: LocalCluster, namespace: str) -> None:
+    operator = cluster.api("operator")
+    since = time.time()
+    configmaps = f"/api/v1/namespaces/{namespace}/configmaps"
+    operator.request("POST", configmaps, {"metadata": {"name": "probe"}, "data": {"a": "1"}})
+    operator.get(f"{configmaps}/probe")
+    operator.get(configmaps)
+
+    wait_until(lambda: count_writes(cluster.state_dir, OPERATOR_USER, since=since), "the audit event", timeout=5)
+    time.sleep(0.5)  # give a wrongly logged read the chance to show up
+    assert count_writes(cluster.state_dir, OPERATOR_USER, since=since) == 1
+    assert count_writes(cluster.state_dir, OPERATOR_USER, since=since, resource="configmaps") == 1
+    assert count_writes(cluster.state_dir, OPERATOR_USER, since=since, resource="pods") == 0
+    assert count_writes(cluster.state_dir, OPERATOR_USER, since=time.time()) == 0
+    [event] = write_events(cluster.state_dir, OPERATOR_USER, since=since)
+    assert (event["verb"], event["objectRef"]["name"]) == ("create", "probe")
+
+
+def test_kubeconfigs_work_with_the_kubernetes_client(cluster: LocalCluster) -> None:
+    for kubeconfig in (cluster.kubeconfig, cluster.operator_kubeconfig):
+        api_client = config.new_client_from_config(str(kubeconfig))
+        names = {n.metadata.name for n in client.CoreV1Api(api_client).list_node().items if n.metadata}
+        assert {"gpu-node-0", "gpu-node-1"} <= names
+
+
+def test_add_and_remove_a_cpu_node(cluster: LocalCluster) -> None:
+    api = cluster.api()
+    cluster.add_node(NodeSpec("cpu-node-test", gpus=0, labels={"pool": "cpu"}))
+    try:
+        node = api.get("/api/v1/nodes/cpu-node-test")
+        assert GPU_RESOURCE not in node["status"]["allocatable"]
+        assert node["metadata"]["labels"]["pool"] == "cpu"
+        assert GPU_TAINT not in node["spec"].get("taints", [])
+    finally:
+        cluster.remove_node("cpu-node-test")
+    wait_until(lambda: get_or_none(api, "/api/v1/nodes/cpu-node-test") is None, "the node to go", timeout=10)
+
+
+def test_local_up_again_is_fast_and_keeps_the_processes(cluster: LocalCluster) -> None:
+    pids = {name: c["pid"] for name, c in cluster.status()["components"].items()}
+    started = time.monotonic()
+    result = batchline_local("up", "--name", cluster.name, "--state-dir", str(cluster.state_dir))
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started < 20
+    assert result.stdout.strip().splitlines()[-1] == f"KUBECONFIG={cluster.kubeconfig}"
+    assert {name: c["pid"] for name, c in cluster.status()["components"].items()} == pids
+
+
+def test_status_reports_components_nodes_and_gpus(cluster: LocalCluster) -> None:
+    status = cluster.status()
+    assert status["up"] and cluster.is_up()
+    assert set(status["components"]) == {"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"}
+    assert all(c["healthy"] for c in status["components"].values())
+    assert status["gpu_allocatable"] >= 16
+    result = batchline_local("status", "--name", cluster.name, "--state-dir", str(cluster.state_dir))
+    assert result.returncode == 0, result.stderr
+    assert "gpu-node-1" in result.stdout and "nvidia.com/gpu allocatable: 16" in result.stdout
+
+
+def test_up_with_options_then_down_removes_everything(tmp_path: Path) -> None:
+    throwaway = LocalCluster("pytest-down", tmp_path / "cluster")
+    try:
+        throwaway.up(nodes=1, gpus_per_node=4, gpu_product="NVIDIA-A100-SXM4-40GB")
+        [node] = throwaway.status()["nodes"]
+        assert (node["gpus"], node["gpu_product"]) == (4, "NVIDIA-A100-SXM4-40GB")
+        pids = [c["pid"] for c in throwaway.status()["components"].values()]
+    finally:
+        result = batchline_local("down", "--name", "pytest-down", "--state-dir", str(throwaway.state_dir))
+    assert result.returncode == 0, result.stderr
+    assert not throwaway.state_dir.exists()
+    assert not any(process.alive(pid) for pid in pids)
+    assert not throwaway.status()["up"]

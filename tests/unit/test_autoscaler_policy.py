@@ -1,0 +1,194 @@
+"""The autoscaling policy as an operator would see it: replica counts and reasons per tick."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from collections.abc import Callable
+from dataclasses import replace
+
+import pytest
+
+from batchline.autoscaler.policy import Decision, MetricSample, ScalerState, decide
+from batchline.autoscaler.spec import AutoscalingSpec
+
+SPEC = AutoscalingSpec(min_replicas=1, max_replicas=20, target_latency_ms=10_000)
+NAN = math.nan
+
+
+def sample(t: float, rate: float, pending: float = 0.0, latency: float = 2000.0) -> MetricSample:
+    return MetricSample(timestamp=t, request_rate=rate, pending=pending, latency_ms=latency, queue_ms=50.0)
+
+
+def learnt(capacity: float, ready: int) -> ScalerState:
+    """A policy that has learnt `capacity` req/s per replica on a pool steady since t=0."""
+    return ScalerState(capacity_rps=capacity, ready=ready, ready_since=0.0)
+
+
+def cliff(per_replica: float) -> float:
+    """A batching server's p95: flat until it saturates at 0.8 req/s per replica, then far over."""
+    return 2000.0 if per_replica <= 0.8 else 40_000.0
+
+
+def run_ticks(
+    decision_state: ScalerState,
+    replicas: int,
+    rate: float,
+    start: float,
+    ticks: int,
+    latency: Callable[[float], float] = lambda _: 9000.0,
+) -> list[Decision]:
+    """Feed the same load every 15 s; the pool instantly becomes what the policy asks for.
+
+    The default latency sits in the band where the policy neither raises nor cuts capacity.
+    """
+    decisions, state = [], decision_state
+    for i in range(ticks):
+        now = start + 15 * i
+        d = decide([sample(now, rate, latency=latency(rate / replicas))], replicas, replicas, SPEC, state, now)
+        decisions.append(d)
+        state, replicas = d.state, d.replicas
+    return decisions
+
+
+def test_spec_defaults_and_crd_names() -> None:
+    spec = AutoscalingSpec.from_crd({})
+    assert (spec.min_replicas, spec.max_replicas, spec.target_latency_ms) == (1, 4, 2000)
+    assert (spec.latency_quantile, spec.scale_down_stabilization_seconds, spec.cold_start_seconds) == (0.95, 300, 60)
+    assert (spec.max_scale_up_step, spec.max_scale_down_step, spec.tolerance, spec.enabled) == (4, 1, 0.1, True)
+    custom = AutoscalingSpec.from_crd({"maxReplicas": 8, "targetLatencyMs": 1500, "latencyQuantile": 0.99})
+    assert (custom.max_replicas, custom.target_latency_ms, custom.latency_quantile) == (8, 1500, 0.99)
+    assert AutoscalingSpec.from_crd(custom.to_crd()) == custom
+
+
+@pytest.mark.parametrize(
+    ("crd", "message"),
+    [
+        ({"latencyQuantile": 0.8}, "latencyQuantile"),
+        ({"minReplicas": 5, "maxReplicas": 2}, "maxReplicas"),
+        ({"maxReplica": 3}, "unknown"),
+        ({"enabled": "yes"}, "boolean"),
+        ({"minReplicas": 1.5}, "integer"),
+    ],
+)
+def test_spec_rejects_bad_values(crd: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        AutoscalingSpec.from_crd(crd)
+
+
+@pytest.mark.parametrize(
+    ("bad", "why"),
+    [
+        (sample(100, NAN), "request_rate is nan"),
+        (sample(100, 2.0, pending=NAN), "pending is nan"),
+        (sample(10, 2.0), "stale"),
+    ],
+)
+def test_missing_nan_or_stale_signals_hold_with_reason(bad: MetricSample, why: str) -> None:
+    d = decide([bad], 5, 5, SPEC, learnt(1.0, 5), now=100)
+    assert d.replicas == 5  # never drops to minReplicas by accident
+    assert why in d.reason and d.reason.startswith("hold at 5")
+
+
+def test_no_samples_holds_but_honours_bounds() -> None:
+    assert decide([], 3, 3, SPEC, ScalerState(), 0).reason == "hold at 3: no metric samples"
+    clamped = decide([], 30, 30, SPEC, ScalerState(), 0)
+    assert clamped.replicas == 20 and "min/max" in clamped.reason
+
+
+def test_disabled_never_changes_replicas() -> None:
+    d = decide([sample(0, 50.0, pending=500)], 2, 2, replace(SPEC, enabled=False), ScalerState(), 0)
+    assert (d.replicas, d.reason) == (2, "autoscaling disabled")
+
+
+def test_growing_queue_scales_up_at_once_in_bounded_steps() -> None:
+    state = learnt(1.0, 2)
+    calm = decide([sample(0, 2.0)], 2, 2, SPEC, state, 0)
+    assert calm.replicas == 2
+    burst = decide([sample(15, 2.0, pending=120)], 2, 2, SPEC, calm.state, 15)
+    assert burst.replicas == 2 + SPEC.max_scale_up_step
+    assert "scale up 2->6" in burst.reason and "step limited" in burst.reason
+
+
+def test_queue_before_capacity_is_known_still_scales_up() -> None:
+    d = decide([sample(15, 1.0, pending=30)], 1, 1, SPEC, ScalerState(), 15)
+    assert d.replicas == 1 + SPEC.max_scale_up_step and "before capacity is known" in d.reason
+    starting = decide([sample(30, 1.0, pending=40)], 5, 1, SPEC, d.state, 30)
+    assert starting.replicas == 5  # earlier replicas are still starting: wait for them
+
+
+def test_replicas_still_starting_count_towards_capacity() -> None:
+    state = learnt(1.0, 2)
+    d = decide([sample(0, 2.0, pending=300)], 2, 2, SPEC, state, 0)
+    assert d.replicas == 6
+    # 30 s later the four new replicas are still starting and will drain the queue: add nothing.
+    later = decide([sample(30, 2.0, pending=300)], 6, 2, SPEC, d.state, 30)
+    assert later.replicas == 6
+
+
+def test_max_and_min_bound_the_result() -> None:
+    small = replace(SPEC, max_replicas=3)
+    d = decide([sample(0, 50.0, pending=400)], 2, 2, small, learnt(1.0, 2), 0)
+    assert d.replicas == 3 and "max 3" in d.reason
+    idle = run_ticks(learnt(1.0, 4), 4, 0.0, 0, 40)
+    assert idle[-1].replicas == SPEC.min_replicas
+    assert "no traffic" in idle[-1].reason
+
+
+def test_scale_down_waits_for_window_then_steps_one_at_a_time() -> None:
+    high = run_ticks(learnt(1.0, 8), 8, 8.0, 0, 4)
+    assert [d.replicas for d in high] == [8, 8, 8, 8]
+    low = run_ticks(high[-1].state, 8, 2.0, 60, 60)
+    replicas = [d.replicas for d in low]
+    first_drop = next(i for i, n in enumerate(replicas) if n < 8)
+    assert first_drop * 15 >= SPEC.scale_down_stabilization_seconds
+    assert any("stabilization (300s) keeps 8" in d.reason for d in low[:first_drop])
+    assert all(a - b <= SPEC.max_scale_down_step for a, b in itertools.pairwise(replicas))
+    assert replicas[-1] < 8
+
+
+def test_small_changes_inside_tolerance_hold() -> None:
+    d = run_ticks(learnt(1.0, 4), 4, 3.7, 0, 30)
+    assert {x.replicas for x in d} == {4}
+    assert "within tolerance" in d[-1].reason
+
+
+def test_no_scale_down_while_latency_is_over_target() -> None:
+    d = run_ticks(learnt(1.0, 8), 8, 1.0, 0, 40, latency=lambda _: 15_000.0)
+    assert {x.replicas for x in d} == {8}
+    assert "over target, no scale-down" in d[-1].reason
+
+
+def test_constant_load_gives_zero_scale_events_once_settled() -> None:
+    d = run_ticks(learnt(0.5, 1), 1, 3.0, 0, 480, latency=cliff)
+    counts = [x.replicas for x in d]
+    assert set(counts[240:]) == {4}, counts  # 3 req/s at <= 0.8 per replica, after 1 hour
+
+
+def test_latency_over_target_near_plan_cuts_capacity_and_sets_ceiling() -> None:
+    state = learnt(1.0, 4)
+    d = decide([sample(120, 4.0, latency=40_000)], 4, 4, SPEC, state, 120)
+    assert d.state.capacity_rps == pytest.approx(0.5)
+    assert d.state.capacity_ceiling_rps == pytest.approx(1.0)
+    assert d.replicas > 4
+
+
+def test_comfortable_latency_at_plan_raises_capacity() -> None:
+    d = decide([sample(120, 4.0, latency=1000)], 4, 4, SPEC, learnt(1.0, 4), 120)
+    assert d.state.capacity_rps is not None and d.state.capacity_rps > 1.0
+
+
+def test_unsteady_pool_teaches_nothing() -> None:
+    state = replace(learnt(1.0, 4), ready_since=100.0)
+    d = decide([sample(120, 4.0, latency=40_000)], 6, 4, SPEC, state, 120)
+    assert d.state.capacity_rps == 1.0
+
+
+def test_state_survives_a_json_round_trip() -> None:
+    d = run_ticks(learnt(1.0, 2), 2, 2.5, 0, 10)
+    restored = ScalerState.from_dict(json.loads(json.dumps(d[-1].state.to_dict())))
+    assert restored == d[-1].state
+    s = sample(1.0, 2.0, latency=NAN)
+    assert json.loads(json.dumps(s.to_dict()))["latency_ms"] is None
+    assert math.isnan(MetricSample.from_dict(s.to_dict()).latency_ms)
