@@ -12,14 +12,16 @@ import os
 from collections.abc import Iterator
 
 import pytest
+
 from batchline.local import binaries
 from batchline.local.controlplane import LocalCluster
 
-TEST_CLUSTER = "pytest"
+# Another name (BATCHLINE_TEST_CLUSTER) keeps concurrent sessions on one machine apart.
+TEST_CLUSTER = os.environ.get("BATCHLINE_TEST_CLUSTER", "pytest")
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Build the control-plane binaries (once, 15-25 min cold) before any cluster test runs,
+    """Build the control-plane binaries (once, ~10 min cold) before any cluster test runs,
     so the build is not charged to one test's timeout and its progress shows in the log."""
     if not any(item.get_closest_marker("cluster") for item in session.items):
         return

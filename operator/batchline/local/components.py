@@ -55,11 +55,17 @@ def components(layout: Layout, ports: Mapping[str, int], bins: Path, kwok_stages
             f"--secure-port={ports['kube-apiserver']}", f"--cert-dir={pki}",
             f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
             f"--client-ca-file={pki / 'ca.crt'}", "--authorization-mode=RBAC",
+            # Published for the components' delegated authentication, which errors without it.
+            f"--requestheader-client-ca-file={pki / 'ca.crt'}", "--requestheader-allowed-names=front-proxy-client",
+            "--requestheader-username-headers=X-Remote-User", "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
             "--allow-privileged=true", "--profiling=false",
+            # The `kubernetes` Service cannot point at a loopback address; nothing in-cluster needs it.
+            "--endpoint-reconciler-type=none",
             *audit.apiserver_flags(layout.root),
         ], f"https://{LOCALHOST}:{ports['kube-apiserver']}/readyz"),
         Component("kube-controller-manager", [

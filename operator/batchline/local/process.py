@@ -55,14 +55,15 @@ def stop_all(pids: Iterable[int], timeout: float = 15.0) -> None:
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while pending and time.monotonic() < deadline:
-        pending = {pid for pid in pending if _alive(pid)}
+        pending = {pid for pid in pending if alive(pid)}
         time.sleep(0.1)
     for pid in pending:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Running (a zombie is not: PID 1 here may never reap the processes we orphaned)."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
