@@ -12,7 +12,7 @@ from kubernetes import client, config
 from prometheus_api_client import PrometheusConnect
 from urllib3.util.retry import Retry
 
-from batchline import api
+from batchline import api, metrics
 from batchline.apply import Applier
 from batchline.autoscaler import Status
 from batchline.config import OperatorConfig
@@ -139,6 +139,7 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     memo.scaler = Scaler(prom, CONFIG.query_config())
     memo.stop = threading.Event()
     threading.Thread(target=_refresh_metrics, args=(memo.scaler, memo.stop), name="metrics", daemon=True).start()
+    memo.metrics_server = metrics.start_exporter()
 
 
 def _refresh_metrics(scaler: Scaler, stop: threading.Event) -> None:
@@ -153,6 +154,8 @@ def _refresh_metrics(scaler: Scaler, stop: threading.Event) -> None:
 @kopf.on.cleanup()
 def cleanup(memo: kopf.Memo, **_: Any) -> None:
     memo.stop.set()
+    if memo.metrics_server is not None:
+        memo.metrics_server.shutdown()
 
 
 def _lock(memo: kopf.Memo, key: Key) -> threading.Lock:
@@ -182,8 +185,8 @@ def _run(llmd: Mapping[str, Any], memo: kopf.Memo, indexes: Mapping[str, Any]) -
     if meta.get("deletionTimestamp"):
         return  # children go with their owner through garbage collection
     view = IndexView(indexes)
-    with _lock(memo, (meta["namespace"], meta["name"])):
-        reconcile(llmd, view, memo.writers, CONFIG, memo.with_pod_monitor, _scale(llmd, memo, view))
+    with _lock(memo, (meta["namespace"], meta["name"])), metrics.reconciling(meta["namespace"], meta["name"]) as run:
+        run.writes = reconcile(llmd, view, memo.writers, CONFIG, memo.with_pod_monitor, _scale(llmd, memo, view))
 
 
 INDEX_NAMES = (
@@ -206,6 +209,7 @@ def llmd_changed(type: str | None, body: kopf.Body, memo: kopf.Memo, **kwargs: A
     if type == "DELETED":
         memo.writers.forget(body.metadata.uid)
         memo.scaler.forget(body.metadata.uid)
+        metrics.forget(body.metadata.namespace or "", body.metadata.name or "")
     else:
         _run(_trimmed(body), memo, _indexes(kwargs))
 

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from kubernetes import client
 
-from batchline import api, feasibility, manifests
+from batchline import api, feasibility, manifests, metrics
 from batchline.apply import Applier, applied_hash, with_hash
 from batchline.config import OperatorConfig
 from batchline.observed import DeploymentView, NodeView, Observed, PodView
@@ -132,6 +132,7 @@ def reconcile(
     observed = Observed(deployment=deployment, pods=tuple(view.pods(namespace, name)), nodes=tuple(nodes))
     current = writers.observed_status(llmd)
     new = compute_status({**llmd, "status": current}, observed, problems, desired, now_rfc3339(), scale)
+    metrics.record_replicas(namespace, name, desired, new["replicas"], new["readyReplicas"])
     if status_changed(current, new):
         result: dict[str, Any] = writers.custom.patch_namespaced_custom_object_status(  # type: ignore[assignment]
             api.GROUP, api.VERSION, namespace, api.PLURAL, name, {"status": new}

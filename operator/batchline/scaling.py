@@ -32,6 +32,7 @@ class ScaleView:
     latency_ms: int | None = None
     queue_ms: int | None = None
     last_scale_time: str | None = None
+    gpu_budget_reached: bool = False
 
 
 @dataclass
@@ -95,7 +96,8 @@ class Scaler:
         replicas, reason = decision.replicas, decision.reason
         if metrics.status is not Status.OK:
             reason = f"{reason} ({metrics.detail})"
-        if replicas > current and unschedulable:
+        budget = replicas > current and unschedulable > 0
+        if budget:
             replicas = current
             reason = f"held at {current}: {unschedulable} replicas cannot be scheduled (GPU budget reached)"
         previous = memory.view if memory else None
@@ -112,6 +114,7 @@ class Scaler:
                 previous.queue_ms if previous else None, _ms(metrics.sample.queue_ms) if metrics.sample else None
             ),
             last_scale_time=_rfc3339(now) if scaled else (previous.last_scale_time if previous else None),
+            gpu_budget_reached=budget,
         )
         with self._lock:
             self._memory[meta["uid"]] = _Memory(decision.state, view, latest.evaluated_at)

@@ -1,0 +1,111 @@
+"""`batchline build`: a checkpoint into a quantized Triton model repository."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from typing import Any
+
+from .errors import BuildError
+from .options import (
+    DEFAULT_THRESHOLDS,
+    Backend,
+    BatchingOptions,
+    BuildOptions,
+    InstanceKind,
+    Mode,
+)
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "build",
+        help="build a quantized Triton model repository from a Hugging Face checkpoint",
+        description="Writes OUTPUT_ROOT/<key>/{repository/, build-report.json}; an existing key is reused.",
+    )
+    parser.add_argument(
+        "source", help="checkpoint folder, or hf://org/name@revision (honours HF_TOKEN and HF_HUB_OFFLINE)"
+    )
+    parser.add_argument("output_root", help="folder that holds one sub-folder per build key")
+    parser.add_argument("--mode", choices=[str(m) for m in Mode], default=str(Mode.NONE))
+    parser.add_argument("--backend", choices=[str(b) for b in Backend], default=str(Backend.PYTHON))
+    parser.add_argument("--model-name", default="model")
+    parser.add_argument("--group-size", type=int, default=32, help="int4 group size (32, 64, 128, 256)")
+    batching = parser.add_argument_group("batching")
+    batching.add_argument("--max-batch-size", type=int, default=8)
+    batching.add_argument("--no-dynamic-batching", action="store_true")
+    batching.add_argument("--max-queue-delay-us", type=int, default=5000)
+    batching.add_argument("--preferred-batch-size", type=int, action="append", default=[])
+    batching.add_argument("--max-queue-size", type=int, default=0, help="0 = unbounded")
+    batching.add_argument("--queue-timeout-us", type=int, default=0, help="0 = no timeout")
+    serving = parser.add_argument_group("serving")
+    serving.add_argument("--instance-kind", choices=[str(k) for k in InstanceKind], default=str(InstanceKind.CPU))
+    serving.add_argument("--instance-count", type=int, default=1)
+    serving.add_argument("--default-max-tokens", type=int, default=64)
+    serving.add_argument("--torch-threads", type=int, default=0, help="0 = torch's default")
+    serving.add_argument("--response-cache", action="store_true")
+    serving.add_argument("--no-warmup", action="store_true")
+    serving.add_argument("--vllm-model-root", default="/models", help="where the vLLM container mounts the repository")
+    gate = parser.add_argument_group("quality gate (defaults depend on --mode)")
+    gate.add_argument("--max-perplexity-increase", type=float, help="relative, e.g. 0.02 for 2%%")
+    gate.add_argument("--min-top1-agreement", type=float)
+    gate.add_argument("--min-cosine-similarity", type=float)
+    gate.add_argument("--max-logit-error", type=float)
+    parser.set_defaults(func=run)
+
+
+def options_from_args(args: argparse.Namespace) -> BuildOptions:
+    mode = Mode(args.mode)
+    overrides = {
+        "max_perplexity_increase": args.max_perplexity_increase,
+        "min_top1_agreement": args.min_top1_agreement,
+        "min_cosine_similarity": args.min_cosine_similarity,
+        "max_logit_error": args.max_logit_error,
+    }
+    given = {name: value for name, value in overrides.items() if value is not None}
+    quality = dataclasses.replace(DEFAULT_THRESHOLDS[mode], **given) if given else None
+    return BuildOptions(
+        mode=mode,
+        backend=Backend(args.backend),
+        model_name=args.model_name,
+        group_size=args.group_size,
+        batching=BatchingOptions(
+            max_batch_size=args.max_batch_size,
+            dynamic_batching=not args.no_dynamic_batching,
+            max_queue_delay_microseconds=args.max_queue_delay_us,
+            preferred_batch_sizes=tuple(args.preferred_batch_size),
+            max_queue_size=args.max_queue_size,
+            default_timeout_microseconds=args.queue_timeout_us,
+        ),
+        instance_kind=InstanceKind(args.instance_kind),
+        instance_count=args.instance_count,
+        default_max_tokens=args.default_max_tokens,
+        torch_threads=args.torch_threads,
+        response_cache=args.response_cache,
+        warmup=not args.no_warmup,
+        quality=quality,
+        vllm_model_root=args.vllm_model_root,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from .builder import build
+
+    try:
+        options = options_from_args(args)
+        result = build(args.source, args.output_root, options)
+    except (BuildError, ValueError) as exc:
+        print(f"batchline build: error: {exc}", file=sys.stderr)
+        return 2
+    summary = {
+        "key": result.key,
+        "path": str(result.path),
+        "repository": str(result.repository),
+        "reused": result.reused,
+        "quality": result.report["quality"],
+        "size": result.report["size"],
+    }
+    print(json.dumps(summary, indent=2))
+    return 0

@@ -1,0 +1,113 @@
+"""Build options: quantization mode, backend, batching and quality thresholds.
+
+Every field here takes part in the build key, so two builds with the same options and checkpoint
+produce the same repository.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Mode(StrEnum):
+    NONE = "none"
+    FP16 = "fp16"
+    BF16 = "bf16"
+    INT8_WEIGHT_ONLY = "int8-weight-only"
+    INT8_DYNAMIC = "int8-dynamic"
+    INT4_WEIGHT_ONLY = "int4-weight-only"
+    FP8 = "fp8"
+
+
+class Backend(StrEnum):
+    PYTHON = "python"
+    VLLM = "vllm"
+
+
+class InstanceKind(StrEnum):
+    CPU = "KIND_CPU"
+    GPU = "KIND_GPU"
+
+
+@dataclass(frozen=True)
+class BatchingOptions:
+    """Triton's dynamic batcher. `max_batch_size` 1 with `dynamic_batching` False serves one at a time."""
+
+    max_batch_size: int = 8
+    dynamic_batching: bool = True
+    max_queue_delay_microseconds: int = 5000
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_size: int = 0
+    default_timeout_microseconds: int = 0
+    allow_timeout_override: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise ValueError("max_batch_size must be at least 1")
+        if any(size < 1 or size > self.max_batch_size for size in self.preferred_batch_sizes):
+            raise ValueError("preferred batch sizes must lie between 1 and max_batch_size")
+
+
+@dataclass(frozen=True)
+class QualityThresholds:
+    """Largest quality drop a build may show; a build past any of them fails.
+
+    `max_perplexity_increase` is relative (0.02 = perplexity may rise by 2%).
+    """
+
+    max_perplexity_increase: float
+    min_top1_agreement: float
+    min_cosine_similarity: float
+    max_logit_error: float | None = None
+
+
+# Defaults are loose enough for tiny random models and tight enough to catch a broken quantizer.
+DEFAULT_THRESHOLDS: dict[Mode, QualityThresholds] = {
+    Mode.NONE: QualityThresholds(0.001, 0.999, 0.9999),
+    Mode.FP16: QualityThresholds(0.01, 0.97, 0.999),
+    Mode.BF16: QualityThresholds(0.02, 0.93, 0.995),
+    Mode.INT8_WEIGHT_ONLY: QualityThresholds(0.02, 0.93, 0.99),
+    Mode.INT8_DYNAMIC: QualityThresholds(0.06, 0.85, 0.98),
+    Mode.INT4_WEIGHT_ONLY: QualityThresholds(0.10, 0.80, 0.95),
+    Mode.FP8: QualityThresholds(0.03, 0.90, 0.99),
+}
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    mode: Mode = Mode.NONE
+    backend: Backend = Backend.PYTHON
+    model_name: str = "model"
+    group_size: int = 32
+    batching: BatchingOptions = field(default_factory=BatchingOptions)
+    instance_kind: InstanceKind = InstanceKind.CPU
+    instance_count: int = 1
+    default_max_tokens: int = 64
+    torch_threads: int = 0
+    response_cache: bool = False
+    warmup: bool = True
+    num_versions: int = 1
+    quality: QualityThresholds | None = None
+    # Where the serving container mounts the repository: vLLM's model.json needs an absolute path.
+    vllm_model_root: str = "/models"
+
+    def __post_init__(self) -> None:
+        if not self.model_name or not all(c.isalnum() or c in "-_." for c in self.model_name):
+            raise ValueError(f"model name {self.model_name!r} must be letters, digits, '-', '_' or '.'")
+        if self.group_size not in (32, 64, 128, 256):
+            raise ValueError("group_size must be 32, 64, 128 or 256")
+        if self.instance_count < 1:
+            raise ValueError("instance_count must be at least 1")
+
+    @property
+    def thresholds(self) -> QualityThresholds:
+        return self.quality or DEFAULT_THRESHOLDS[self.mode]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready form (enums are str) with the effective thresholds filled in."""
+        data = dataclasses.asdict(self)
+        data["quality"] = dataclasses.asdict(self.thresholds)
+        return data

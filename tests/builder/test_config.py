@@ -1,0 +1,111 @@
+"""Pure parts: config.pbtxt rendering, the vLLM layout, options and the build key."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from model_repo_builder import BatchingOptions, BuildOptions, Mode, compute_build_key
+from model_repo_builder.checkpoint import ModelKind
+from model_repo_builder.options import Backend, InstanceKind, QualityThresholds
+from model_repo_builder.triton_config import python_model_config, render_config, warmup_files
+from model_repo_builder.vllm_layout import vllm_engine_args, write_vllm_model
+
+FILES = {"config.json": "a" * 64, "model.safetensors": "b" * 64}
+
+
+def test_generation_config_has_the_front_end_tensor_names_and_batching() -> None:
+    options = BuildOptions(
+        model_name="llm",
+        batching=BatchingOptions(
+            max_batch_size=16,
+            max_queue_delay_microseconds=2500,
+            preferred_batch_sizes=(4, 8),
+            max_queue_size=64,
+            default_timeout_microseconds=10_000_000,
+        ),
+        instance_kind=InstanceKind.GPU,
+        instance_count=2,
+        response_cache=True,
+        num_versions=2,
+    )
+    text = render_config(python_model_config(ModelKind.CAUSAL_LM, options, embedding_size=64))
+    assert 'name: "llm"' in text and 'backend: "python"' in text
+    assert "max_batch_size: 16" in text
+    for name in ("text_input", "max_tokens", "temperature", "top_p", "stop", "text_output"):
+        assert f'name: "{name}"' in text
+    assert '{ name: "stop" data_type: TYPE_STRING dims: [ -1 ] optional: true }' in text
+    assert "preferred_batch_size: [ 4, 8 ]" in text
+    assert "max_queue_delay_microseconds: 2500" in text
+    assert "max_queue_size: 64" in text and "default_timeout_microseconds: 10000000" in text
+    assert "instance_group [ { count: 2 kind: KIND_GPU } ]" in text
+    assert "version_policy: { latest: { num_versions: 2 } }" in text
+    assert "response_cache { enable: true }" in text
+    assert 'input_data_file: "text_input"' in text and 'input_data_file: "max_tokens"' in text
+    assert text == render_config(python_model_config(ModelKind.CAUSAL_LM, options, embedding_size=64))
+
+
+def test_embedding_config_and_unbatched_config() -> None:
+    options = BuildOptions(batching=BatchingOptions(max_batch_size=1, dynamic_batching=False), warmup=False)
+    text = render_config(python_model_config(ModelKind.EMBEDDING, options, embedding_size=384))
+    assert '{ name: "embedding" data_type: TYPE_FP32 dims: [ 384 ] }' in text
+    assert "max_tokens" not in text and "text_output" not in text
+    assert "dynamic_batching" not in text and "model_warmup" not in text
+    assert "max_batch_size: 1" in text
+
+
+def test_warmup_files_are_triton_string_elements() -> None:
+    files = warmup_files(ModelKind.CAUSAL_LM)
+    assert files["text_input"] == b"\x05\x00\x00\x00Hello"
+    assert int.from_bytes(files["max_tokens"], "little") == 1
+    assert set(warmup_files(ModelKind.EMBEDDING)) == {"text_input"}
+
+
+def test_vllm_layout_carries_fp8_quantization(tmp_path: Path) -> None:
+    options = BuildOptions(mode=Mode.FP8, backend=Backend.VLLM, model_name="llm", vllm_model_root="/mnt/models/")
+    write_vllm_model(tmp_path / "llm", options)
+    config = (tmp_path / "llm" / "config.pbtxt").read_text()
+    assert 'backend: "vllm"' in config and "max_batch_size: 0" in config
+    assert "kind: KIND_MODEL" in config and "decoupled: true" in config
+    engine = json.loads((tmp_path / "llm" / "1" / "model.json").read_text())
+    assert engine == vllm_engine_args(options)
+    assert engine["quantization"] == "fp8" and engine["dtype"] == "bfloat16"
+    assert engine["model"] == "/mnt/models/llm/1/weights"
+    assert "quantization" not in vllm_engine_args(BuildOptions(mode=Mode.BF16, backend=Backend.VLLM))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"model_name": "bad name"},
+        {"group_size": 48},
+        {"instance_count": 0},
+    ],
+)
+def test_bad_options_are_refused(kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        BuildOptions(**kwargs)
+
+
+def test_bad_batching_is_refused() -> None:
+    with pytest.raises(ValueError):
+        BatchingOptions(max_batch_size=0)
+    with pytest.raises(ValueError):
+        BatchingOptions(max_batch_size=4, preferred_batch_sizes=(8,))
+
+
+def test_build_key_is_stable_and_depends_on_every_input() -> None:
+    base = BuildOptions(mode=Mode.INT8_WEIGHT_ONLY)
+    key = compute_build_key(FILES, base)
+    assert key == compute_build_key(dict(reversed(FILES.items())), BuildOptions(mode=Mode.INT8_WEIGHT_ONLY))
+    variants = [
+        compute_build_key({**FILES, "model.safetensors": "c" * 64}, base),
+        compute_build_key(FILES, BuildOptions(mode=Mode.INT4_WEIGHT_ONLY)),
+        compute_build_key(FILES, BuildOptions(mode=Mode.INT8_WEIGHT_ONLY, backend=Backend.VLLM)),
+        compute_build_key(FILES, BuildOptions(mode=Mode.INT8_WEIGHT_ONLY, batching=BatchingOptions(max_batch_size=4))),
+        compute_build_key(FILES, BuildOptions(mode=Mode.INT8_WEIGHT_ONLY, quality=QualityThresholds(0.5, 0.5, 0.5))),
+        compute_build_key(FILES, base, builder_version="0.0.0"),
+    ]
+    assert len({key, *variants}) == len(variants) + 1
