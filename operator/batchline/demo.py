@@ -10,7 +10,6 @@ autoscaler adds are scheduled and become Ready but do not add serving capacity.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from batchline.local.prometheus import PrometheusServer, ScrapeTarget
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "smollm2-int8.yaml"
 NAME, NAMESPACE = "smollm2", "default"
+WATCH_FIELDS = "jsonpath={.status.replicaStatus} {.status.autoscaling.observedLatencyMs}"
 PROMPTS = ["Once upon a time", "The capital of France is", "def fibonacci(n):", "The best way to learn is"]
 
 
@@ -113,11 +113,12 @@ class Burst:
 def watch_replicas(kubeconfig: Path, stop: threading.Event, seen: list[str]) -> None:
     last = ""
     while not stop.is_set():
-        row = kubectl(kubeconfig, "get", "llmd", NAME, "-n", NAMESPACE, "--no-headers").split()
-        line = f"replicas {row[3]}  p95 {row[4]} ms" if len(row) > 5 else " ".join(row)
+        fields = kubectl(kubeconfig, "get", "llmd", NAME, "-n", NAMESPACE, "-o", WATCH_FIELDS).split()
+        replicas, p95 = [*fields, "-", "-"][:2]
+        line = f"replicas (ready/desired) {replicas:>5}   observed p95 {p95} ms"
         if line != last:
             print(f"    {time.strftime('%H:%M:%S')}  {line}", flush=True)
-            seen.append(row[3] if len(row) > 3 else "")
+            seen.append(replicas)
             last = line
         stop.wait(2)
 
@@ -226,15 +227,25 @@ def summary(kubeconfig: Path, result: Any, burst: Burst, seen: list[str]) -> Non
             "(KWOK replicas: scheduled and Ready, no extra capacity in local mode)"
         )
     report = result.report
-    print(f"built {report.get('mode')} repository {result.key} ({'reused' if result.reused else 'new'}):")
-    print(json.dumps({k: report[k] for k in ("sizes", "quality") if k in report}, indent=2))
+    size = report["size"]
+    print(
+        f"built {report['options']['mode']} repository {result.key} ({'reused' if result.reused else 'new'}): "
+        f"{size['fp32_weights_bytes'] / 1e6:.0f} MB of fp32 weights -> {size['quantized_weights_bytes'] / 1e6:.0f} MB "
+        f"({size['compression_ratio_vs_fp32']:.2f}x smaller)"
+    )
+    quality = report["quality"]
+    print(
+        f"quality against the unquantized model: perplexity {quality['reference_perplexity']:.2f} -> "
+        f"{quality['perplexity']:.2f} ({quality['perplexity_increase'] * 100:+.2f}%), "
+        f"top-1 next-token agreement {quality['top1_agreement'] * 100:.1f}%, gate passed: {quality['passed']}"
+    )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--name", default="demo", help="local cluster name")
-    parser.add_argument("--clients", type=int, default=8, help="concurrent clients in the burst")
-    parser.add_argument("--seconds", type=float, default=60, help="length of the burst")
+    parser.add_argument("--clients", type=int, default=16, help="concurrent clients in the burst")
+    parser.add_argument("--seconds", type=float, default=90, help="length of the burst")
     parser.add_argument("--target-ms", type=int, default=1500, help="p95 latency goal for the demo")
     return run(parser.parse_args())
 

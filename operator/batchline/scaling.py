@@ -104,7 +104,10 @@ class Scaler:
         scaled = replicas != current
         view = ScaleView(
             replicas=replicas,
-            reason=reason if scaled or previous is None or previous.replicas != replicas else previous.reason,
+            # The reason's figures move every tick; rewrite it when the decision or the metrics' state changes.
+            reason=reason
+            if scaled or previous is None or (previous.replicas, previous.metrics) != (replicas, metrics.status)
+            else previous.reason,
             metrics=metrics.status,
             metrics_detail=metrics.detail,
             latency_ms=_reported(

@@ -88,8 +88,8 @@ class LLMDs:
         self.custom = client.CustomObjectsApi(kube)
         self.namespace = namespace
 
-    def create(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
-        body = {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": name}, "spec": spec}
+    def create(self, name: str, spec: dict[str, Any], **metadata: Any) -> dict[str, Any]:
+        body = {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": name, **metadata}, "spec": spec}
         created: dict[str, Any] = self.custom.create_namespaced_custom_object(
             api.GROUP, api.VERSION, self.namespace, api.PLURAL, body
         )

@@ -130,7 +130,11 @@ def test_scales_up_under_load_down_when_idle_and_holds_without_prometheus(
     operator.start()
     try:
         operator.wait_for_log("Activity 'startup' succeeded")
-        llmds.create("chat", {"model": {"source": "hf://org/chat"}, "autoscaling": AUTOSCALING})
+        gitops = {
+            "labels": {"app.kubernetes.io/instance": "chat-prod"},
+            "annotations": {"argocd.argoproj.io/tracking-id": "prod:batchline.dev/LLMDeployment:default/chat"},
+        }
+        created = llmds.create("chat", {"model": {"source": "hf://org/chat"}, "autoscaling": AUTOSCALING}, **gitops)
         wait_for(
             lambda: llmds.condition("chat", "ScalingActive").get("status") == "True",
             timeout=60,
@@ -157,6 +161,12 @@ def test_scales_up_under_load_down_when_idle_and_holds_without_prometheus(
         assert client.CoreV1Api(kube).list_namespaced_event(namespace, field_selector="reason=ScaledUp").items, (
             "every scale decision posts an Event"
         )
+        # GitOps: scaling changed the Deployment, never what Argo CD compares on the LLMDeployment.
+        scaled = llmds.get("chat")
+        assert scaled["spec"] == created["spec"]
+        assert scaled["metadata"].get("labels") == created["metadata"]["labels"]
+        assert scaled["metadata"].get("annotations") == created["metadata"]["annotations"]
+        assert scaled["metadata"]["generation"] == 1
 
         wait_for(lambda: _replicas(kube, namespace, "chat") == 1, timeout=120, what="scale-down when idle")
         events = sorted(

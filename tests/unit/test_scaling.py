@@ -1,0 +1,75 @@
+"""Autoscaler actuation: decisions per fetched sample, GPU budget, and holding without metrics.
+
+Prometheus is a fake here (pure logic); tests/integration/test_autoscaling_loop.py runs the real one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from batchline.autoscaler import QueryConfig, Status
+from batchline.scaling import Scaler
+from tests.crd_schema import llmd
+
+OBJ = llmd(name="chat", autoscaling={"minReplicas": 1, "maxReplicas": 8, "targetLatencyMs": 1000})
+LABELS = {"namespace": "team-a", "llmdeployment": "chat"}
+
+
+class FakePrometheus:
+    """Answers every query with one series for `chat`; `pending` drives the queue signal."""
+
+    def __init__(self, pending: float, latency_ms: float = 3000.0, up: bool = True) -> None:
+        self.pending, self.latency_ms, self.up, self.queries = pending, latency_ms, up, 0
+
+    def custom_query(self, query: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        self.queries += 1
+        if not self.up:
+            raise OSError("connection refused")
+        at = (params or {}).get("time", 0.0)
+        if "summary" in query:
+            return [{"metric": {**LABELS, "quantile": "0.95"}, "value": [at, str(self.latency_ms)]}]
+        if "time()" in query:
+            value = 1.0  # age of the newest scrape, seconds
+        elif "pending_request" in query:
+            value = self.pending
+        else:
+            value = 2.0  # request rate, mean latency and queue time
+        return [{"metric": LABELS, "value": [at, str(value)]}]
+
+
+def _scaler(prom: FakePrometheus) -> Scaler:
+    return Scaler(prom, QueryConfig(object_label="llmdeployment"))
+
+
+def test_a_growing_queue_scales_up_once_per_sample() -> None:
+    prom = FakePrometheus(pending=40)
+    scaler = _scaler(prom)
+    scaler.refresh(now=1000.0)
+    view = scaler.tick(OBJ, current=1, ready=1, unschedulable=0, now=1000.0)
+    assert view.replicas > 1 and view.metrics is Status.OK and view.last_scale_time
+    assert scaler.tick(OBJ, current=view.replicas, ready=1, unschedulable=0, now=1001.0) == view  # no new sample
+
+
+def test_unschedulable_replicas_hold_the_count_instead_of_asking_for_more() -> None:
+    scaler = _scaler(FakePrometheus(pending=40))
+    scaler.refresh(now=1000.0)
+    view = scaler.tick(OBJ, current=3, ready=3, unschedulable=1, now=1000.0)
+    assert view.replicas == 3 and view.gpu_budget_reached
+    assert "cannot be scheduled" in view.reason
+
+
+def test_prometheus_down_holds_replicas_and_says_why() -> None:
+    scaler = _scaler(FakePrometheus(pending=40, up=False))
+    scaler.refresh(now=1000.0)
+    view = scaler.tick(OBJ, current=3, ready=3, unschedulable=0, now=1000.0)
+    assert view.replicas == 3
+    assert view.metrics is Status.PROMETHEUS_DOWN and "connection refused" in view.metrics_detail
+
+
+def test_one_query_per_signal_whatever_the_number_of_objects() -> None:
+    prom = FakePrometheus(pending=0)
+    scaler = _scaler(prom)
+    scaler.refresh(now=1000.0)
+    for i in range(50):
+        scaler.tick(llmd(name=f"m{i}"), current=1, ready=1, unschedulable=0, now=1000.0)
+    assert prom.queries == len(QueryConfig().queries())
