@@ -40,7 +40,8 @@ LOG_DIR = Path(tempfile.gettempdir()) / "batchline-bench"  # kept after the clus
 SPEC = {
     "model": {"source": "hf://HuggingFaceTB/SmolLM2-135M-Instruct@main"},
     "resources": {"gpu": {"count": 0}},
-    "autoscaling": {"minReplicas": 0, "maxReplicas": 1},
+    # No Prometheus in this bench: autoscaling off, so each object reports ScalingActive=False once.
+    "autoscaling": {"minReplicas": 0, "maxReplicas": 1, "enabled": False},
 }
 
 
@@ -75,7 +76,10 @@ def direct(kube: client.ApiClient, n: int, namespace: str) -> float:
 
 
 def _converged(custom: client.CustomObjectsApi, apps: client.AppsV1Api, namespace: str, n: int) -> bool:
-    items = custom.list_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL)["items"]
+    listed: dict[str, Any] = custom.list_namespaced_custom_object(  # type: ignore[assignment]
+        api.GROUP, api.VERSION, namespace, api.PLURAL
+    )
+    items = listed["items"]
     current = sum(1 for o in items if (o.get("status") or {}).get("observedGeneration") == o["metadata"]["generation"])
     return current == n and len(apps.list_namespaced_deployment(namespace).items) == n
 
@@ -102,61 +106,62 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def run(ns: list[int], resync: float) -> list[dict[str, Any]]:
-    cluster = LocalCluster("bench")
+def measure(n: int, resync: float) -> dict[str, Any]:
+    """One N on a fresh cluster, so nothing from another N is still being reconciled or collected."""
+    cluster = LocalCluster(f"bench-{n}")
+    cluster.down()
     cluster.up()
-    kube = config.new_client_from_config(config_file=str(cluster.kubeconfig))
-    core = client.CoreV1Api(kube)
-    crd = REPO / "crds" / "llmdeployment.yaml"
-    subprocess.run(
-        ["kubectl", f"--kubeconfig={cluster.kubeconfig}", "apply", "--server-side", "-f", str(crd)],
-        check=True,
-        capture_output=True,
-    )
-    results = []
     try:
-        for n in ns:
-            tag = f"{n}-{int(time.time())}"
-            _namespace(core, f"direct-{tag}")
-            _namespace(core, f"op-{tag}")
-            t_direct = direct(kube, n, f"direct-{tag}")
-            with tempfile.TemporaryDirectory() as tmp:
-                op = OperatorProcess(
-                    Path(cluster.operator_kubeconfig),
-                    LOG_DIR / f"operator-{n}.log",
-                    env={"BATCHLINE_RESYNC_SECONDS": str(resync), "BATCHLINE_MODEL_CACHE_HOST_PATH": tmp},
-                )
-                op.start()
-                op.wait_for_log("Activity 'startup' succeeded", timeout=120)
-                since = time.time()
-                t_op = via_operator(kube, n, f"op-{tag}")
-                writes = count_writes(cluster.state_dir, OPERATOR_USER, since)
-                time.sleep(3)
-                idle_since = time.time()
-                time.sleep(2 * resync + 2)
-                idle_events = write_events(cluster.state_dir, OPERATOR_USER, idle_since)
-                idle = len(idle_events)
-                kinds = Counter(f"{e['verb']} {e['objectRef'].get('resource')}" for e in idle_events)
-                assert op.pid is not None
-                rss = peak_rss_mb(op.pid)
-                op.stop()
-            for ns_name in (f"direct-{tag}", f"op-{tag}"):
-                core.delete_namespace(ns_name)
-            results.append(
-                {
-                    "n": n,
-                    "direct_s": round(t_direct, 2),
-                    "operator_s": round(t_op, 2),
-                    "ratio": round(t_op / t_direct, 2),
-                    "peak_rss_mb": round(rss, 1),
-                    "writes_per_object": round(writes / n, 2),
-                    "idle_resync_writes": idle,
-                "idle_breakdown": dict(kinds),
-                }
+        kube = config.new_client_from_config(config_file=str(cluster.kubeconfig))
+        core = client.CoreV1Api(kube)
+        crd = REPO / "crds" / "llmdeployment.yaml"
+        subprocess.run(
+            ["kubectl", f"--kubeconfig={cluster.kubeconfig}", "apply", "--server-side", "-f", str(crd)],
+            check=True,
+            capture_output=True,
+        )
+        _namespace(core, "direct")
+        _namespace(core, "op")
+        t_direct = direct(kube, n, "direct")
+        log = LOG_DIR / f"operator-{n}.log"
+        log.unlink(missing_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            op = OperatorProcess(
+                Path(cluster.operator_kubeconfig),
+                log,
+                env={"BATCHLINE_RESYNC_SECONDS": str(resync), "BATCHLINE_MODEL_CACHE_HOST_PATH": tmp},
             )
-            print(json.dumps(results[-1]), flush=True)
+            op.start()
+            op.wait_for_log("Activity 'startup' succeeded", timeout=120)
+            since = time.time()
+            t_op = via_operator(kube, n, "op")
+            writes = count_writes(cluster.state_dir, OPERATOR_USER, since)
+            time.sleep(3)
+            idle_since = time.time()
+            time.sleep(2 * resync + 2)
+            idle_events = write_events(cluster.state_dir, OPERATOR_USER, idle_since)
+            assert op.pid is not None
+            rss = peak_rss_mb(op.pid)
+            op.stop()
     finally:
         cluster.down()
+    return {
+        "n": n,
+        "direct_s": round(t_direct, 2),
+        "operator_s": round(t_op, 2),
+        "ratio": round(t_op / t_direct, 2),
+        "peak_rss_mb": round(rss, 1),
+        "writes_per_object": round(writes / n, 2),
+        "idle_resync_writes": len(idle_events),
+        "idle_breakdown": dict(Counter(f"{e['verb']} {e['objectRef'].get('resource')}" for e in idle_events)),
+    }
+
+
+def run(ns: list[int], resync: float) -> list[dict[str, Any]]:
+    results = []
+    for n in ns:
+        results.append(measure(n, resync))
+        print(json.dumps(results[-1]), flush=True)
     return results
 
 

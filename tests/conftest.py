@@ -33,7 +33,10 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[LocalCluster]:
     local = LocalCluster(TEST_CLUSTER)
+    keep = os.environ.get("BATCHLINE_KEEP_CLUSTER") == "1"
+    if not keep:
+        local.down()  # a cluster left by an interrupted run may hold objects that skew this one
     local.up()
     yield local
-    if os.environ.get("BATCHLINE_KEEP_CLUSTER") != "1":
+    if not keep:
         local.down()

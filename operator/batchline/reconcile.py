@@ -24,7 +24,7 @@ from batchline.status import Event, compute_status, status_changed, transition_e
 
 log = logging.getLogger(__name__)
 
-INDEX_LAG = 10.0  # seconds to trust our own recent apply over an index that has not caught up
+INDEX_LAG = 60.0  # seconds to trust our own recent apply over an index that has not caught up
 
 
 class ClusterView(Protocol):
@@ -96,6 +96,17 @@ def stale_children(desired: Sequence[manifests.Manifest], view: ClusterView) -> 
     return out
 
 
+def _rollout_unobserved(deployment: DeploymentView | None, writers: Writers, uid: str) -> bool:
+    """A Deployment applied moments ago that the controller-manager has not observed yet."""
+    record = writers.applied.get((uid, "Deployment"))
+    return (
+        deployment is not None
+        and deployment.observed_generation < deployment.generation
+        and record is not None
+        and time.monotonic() - record[1] < INDEX_LAG
+    )
+
+
 def now_rfc3339() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -117,18 +128,21 @@ def reconcile(
     deployment = view.deployment(namespace, name)
     desired = desired_replicas(spec, deployment, scale)
     writes = 0
-    deployment_written = False
+    deployment_written = unseen = False
     if not any(p.blocking for p in problems):
         for child in stale_children(manifests.children(llmd, desired, config, with_pod_monitor), view):
             if writers.recently_applied(meta["uid"], child):
+                unseen = True  # applied, but its watch event has not reached the index yet
                 continue
             writers.applier.apply(child)
             writers.applied[(meta["uid"], child["kind"])] = (applied_hash(child), time.monotonic())
             writes += 1
             deployment_written |= child["kind"] == "Deployment"
             log.info("applied %s %s/%s", child["kind"], namespace, name)
-    if deployment_written:
-        return writes  # its watch event starts the next pass, which sees it and writes the status
+    if deployment_written or unseen or _rollout_unobserved(deployment, writers, meta["uid"]):
+        # The Deployment's watch events start the next pass, which writes the status once the
+        # controller-manager has seen the new generation (the resync timer covers it being down).
+        return writes
     observed = Observed(deployment=deployment, pods=tuple(view.pods(namespace, name)), nodes=tuple(nodes))
     current = writers.observed_status(llmd)
     new = compute_status({**llmd, "status": current}, observed, problems, desired, now_rfc3339(), scale)

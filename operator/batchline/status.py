@@ -196,6 +196,7 @@ def status_changed(current: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
 
 
 _BAD = {("Ready", FALSE), ("Schedulable", FALSE), ("Degraded", TRUE), ("ScalingActive", FALSE)}
+_CHOICES = {"AutoscalingDisabled"}  # what the user asked for, not news
 _QUIET_START = {("Schedulable", TRUE), ("Degraded", FALSE), ("ScalingActive", TRUE), ("ScalingActive", UNKNOWN)}
 
 
@@ -207,6 +208,8 @@ def transition_events(old: Sequence[Mapping[str, Any]], new: Sequence[Mapping[st
         key = (cond["status"], cond["reason"])
         if cond["type"] in ("Ready", "Schedulable", "Degraded", "ScalingActive") and previous.get(cond["type"]) != key:
             if previous.get(cond["type"]) is None and (cond["type"], cond["status"]) in _QUIET_START:
+                continue
+            if cond["reason"] in _CHOICES:
                 continue
             kind = "Warning" if (cond["type"], cond["status"]) in _BAD else "Normal"
             if any(e.reason == cond["reason"] for e in events):

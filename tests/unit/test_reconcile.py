@@ -124,3 +124,14 @@ def test_a_child_applied_a_moment_ago_is_not_applied_again_while_the_index_lags(
     cluster.hashes.clear()  # the watch events have not arrived yet
     assert _pass(cluster, obj) <= 1  # at most the status; no child is applied twice
     assert cluster.writes.count("Deployment") == 1
+
+
+def test_status_waits_for_the_controller_manager_to_observe_a_fresh_deployment() -> None:
+    cluster, obj = FakeCluster(), llmd()
+    _pass(cluster, obj)  # applies the children
+    fresh = DeploymentView(2, 1, 1, 1, 1, 1, cluster.hashes[("team-a", "chat", "Deployment")])
+    cluster.deployment = lambda namespace, name: fresh  # type: ignore[method-assign]
+    assert _pass(cluster, obj) == 0  # generation 2 not observed yet: its next status event brings the pass
+    observed = DeploymentView(2, 2, 1, 1, 1, 1, fresh.applied_hash)
+    cluster.deployment = lambda namespace, name: observed  # type: ignore[method-assign]
+    assert _pass(cluster, obj) == 1 and cluster.writes[-1] == "status"

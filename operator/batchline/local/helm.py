@@ -15,12 +15,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from batchline.local.binaries import cache_root
+
 HELM_VERSION = "v3.19.0"
 HELM_MODULE = "helm.sh/helm/v3"
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("BATCHLINE_CACHE", Path.home() / ".cache" / "batchline"))
 
 
 def helm_path() -> Path:
