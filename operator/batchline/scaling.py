@@ -102,14 +102,18 @@ class Scaler:
             reason = f"held at {current}: {unschedulable} replicas cannot be scheduled (GPU budget reached)"
         previous = memory.view if memory else None
         scaled = replicas != current
+        # Reason and detail carry figures (and error texts) that move every tick; status shows them
+        # anew only when the decision or the metrics' state changes, so an idle object is not rewritten.
+        same = (
+            previous
+            if previous and not scaled and (previous.replicas, previous.metrics) == (replicas, metrics.status)
+            else None
+        )
         view = ScaleView(
             replicas=replicas,
-            # The reason's figures move every tick; rewrite it when the decision or the metrics' state changes.
-            reason=reason
-            if scaled or previous is None or (previous.replicas, previous.metrics) != (replicas, metrics.status)
-            else previous.reason,
+            reason=same.reason if same else reason,
             metrics=metrics.status,
-            metrics_detail=metrics.detail,
+            metrics_detail=same.metrics_detail if same else metrics.detail,
             latency_ms=_reported(
                 previous.latency_ms if previous else None, _ms(metrics.sample.latency_ms) if metrics.sample else None
             ),

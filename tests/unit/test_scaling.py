@@ -24,7 +24,7 @@ class FakePrometheus:
     def custom_query(self, query: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         self.queries += 1
         if not self.up:
-            raise OSError("connection refused")
+            raise OSError(f"connection refused (attempt {self.queries})")  # real errors differ each time
         at = (params or {}).get("time", 0.0)
         if "summary" in query:
             return [{"metric": {**LABELS, "quantile": "0.95"}, "value": [at, str(self.latency_ms)]}]
@@ -73,3 +73,14 @@ def test_one_query_per_signal_whatever_the_number_of_objects() -> None:
     for i in range(50):
         scaler.tick(llmd(name=f"m{i}"), current=1, ready=1, unschedulable=0, now=1000.0)
     assert prom.queries == len(QueryConfig().queries())
+
+
+def test_an_unchanged_outage_does_not_rewrite_what_status_shows() -> None:
+    prom = FakePrometheus(pending=0, up=False)
+    scaler = _scaler(prom)
+    scaler.refresh(now=1000.0)
+    first = scaler.tick(OBJ, current=2, ready=2, unschedulable=0, now=1000.0)
+    scaler.refresh(now=1015.0)  # same outage, a new error object (its text differs)
+    prom.up = False
+    second = scaler.tick(OBJ, current=2, ready=2, unschedulable=0, now=1015.0)
+    assert (second.reason, second.metrics_detail) == (first.reason, first.metrics_detail)
