@@ -7,10 +7,8 @@ with nothing changed makes no write at all (a no-op apply would still be a PATCH
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
-from typing import Any
 
 from kubernetes import client
 from kubernetes.dynamic import DynamicClient
@@ -21,11 +19,13 @@ from batchline.manifests import Manifest
 
 
 def with_hash(manifest: Manifest) -> Manifest:
-    """The manifest with its content hash stamped into metadata.annotations."""
-    out = copy.deepcopy(manifest)
-    out["metadata"].setdefault("annotations", {}).pop(api.ANNOTATION_APPLIED_HASH, None)
+    """The manifest with its content hash stamped into metadata.annotations. The input is left as it
+    was; the copy shares everything below metadata with it (no deep copy: a pass stamps every child)."""
+    meta = manifest["metadata"]
+    annotations = {k: v for k, v in meta.get("annotations", {}).items() if k != api.ANNOTATION_APPLIED_HASH}
+    out = {**manifest, "metadata": {**meta, "annotations": annotations}}
     digest = hashlib.sha256(json.dumps(out, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-    out["metadata"]["annotations"][api.ANNOTATION_APPLIED_HASH] = digest[:20]
+    annotations[api.ANNOTATION_APPLIED_HASH] = digest[:20]
     return out
 
 
@@ -44,13 +44,15 @@ class Applier:
             return False
         return True
 
-    def apply(self, manifest: Manifest) -> dict[str, Any]:
+    def apply(self, manifest: Manifest) -> None:
         resource = self._dynamic.resources.get(api_version=manifest["apiVersion"], kind=manifest["kind"])
-        result = resource.server_side_apply(
+        response = resource.server_side_apply(
             body=manifest,
             name=manifest["metadata"]["name"],
             namespace=manifest["metadata"].get("namespace"),
             field_manager=api.FIELD_MANAGER,
             force_conflicts=True,
+            serialize=False,  # the applied object comes back through the watch; do not decode it here
         )
-        return dict(result.to_dict())
+        response.drain_conn()  # and hands the connection back to the pool
+        response.release_conn()

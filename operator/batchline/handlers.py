@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
 from typing import Any
 
 import kopf
@@ -18,11 +20,13 @@ from batchline.autoscaler import Status
 from batchline.config import OperatorConfig
 from batchline.events import EventPoster
 from batchline.observed import DeploymentView, NodeView, PodView
+from batchline.passes import Passes
 from batchline.reconcile import Writers, reconcile
 from batchline.scaling import Scaler, ScaleView
 from batchline.status import Event
 
 CONFIG = OperatorConfig.from_env()
+PASS_WORKERS = 16  # reconcile passes at once (see passes.py)
 OWNED = {api.LABEL_LLMD: kopf.PRESENT}
 Key = tuple[str, str]
 
@@ -35,8 +39,10 @@ def _hash(body: kopf.Body) -> str | None:
     return body.metadata.annotations.get(api.ANNOTATION_APPLIED_HASH)
 
 
+# The indexes only compact a body, so they are async: kopf runs them on its event loop, with no hop to a
+# worker thread for each watch event.
 @kopf.index("", "v1", "nodes")
-def gpu_nodes(body: kopf.Body, **_: Any) -> dict[None, NodeView]:
+async def gpu_nodes(body: kopf.Body, **_: Any) -> dict[None, NodeView]:
     return {None: NodeView.from_body(body)}
 
 
@@ -48,34 +54,36 @@ def _trimmed(body: kopf.Body) -> dict[str, Any]:
 
 
 @kopf.index(api.GROUP, api.VERSION, api.PLURAL)
-def llmds(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
+async def llmds(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
     return {(namespace or "", name): _trimmed(body)}
 
 
 @kopf.index("apps", "v1", "deployments", labels=OWNED)
-def llmd_deployments(
+async def llmd_deployments(
     namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
 ) -> dict[Key, DeploymentView]:
     return {_owner_key(namespace, labels): DeploymentView.from_body(body)}
 
 
 @kopf.index("", "v1", "pods", labels=OWNED)
-def llmd_pods(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, PodView]:
+async def llmd_pods(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, PodView]:
     return {_owner_key(namespace, labels): PodView.from_body(body)}
 
 
 @kopf.index("", "v1", "services", labels=OWNED)
-def llmd_services(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, str | None]:
+async def llmd_services(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, str | None]:
     return {_owner_key(namespace, labels): _hash(body)}
 
 
 @kopf.index("policy", "v1", "poddisruptionbudgets", labels=OWNED)
-def llmd_pdbs(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, str | None]:
+async def llmd_pdbs(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, str | None]:
     return {_owner_key(namespace, labels): _hash(body)}
 
 
 @kopf.index("monitoring.coreos.com", "v1", "podmonitors", labels=OWNED)
-def llmd_podmonitors(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, str | None]:
+async def llmd_podmonitors(
+    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[Key, str | None]:
     return {_owner_key(namespace, labels): _hash(body)}
 
 
@@ -119,7 +127,6 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         prefix=api.GROUP, key="last-handled-configuration"
     )
     settings.persistence.finalizer = f"{api.GROUP}/finalizer"
-    settings.execution.max_workers = 16
     settings.posting.enabled = False  # Events come from events.EventPoster, on transitions only
     settings.watching.server_timeout = 300
     try:
@@ -127,13 +134,13 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     except config.ConfigException:
         config.load_kube_config()
     configuration = client.Configuration.get_default_copy()
-    configuration.connection_pool_maxsize = 32  # above settings.execution.max_workers
+    configuration.connection_pool_maxsize = 32  # above PASS_WORKERS
     api_client = client.ApiClient(configuration)
     applier = Applier(api_client)
     memo.writers = Writers(applier, client.CustomObjectsApi(api_client), EventPoster(client.CoreV1Api(api_client)))
     memo.with_pod_monitor = applier.has_kind("monitoring.coreos.com/v1", "PodMonitor")
-    memo.locks = {}
-    memo.locks_guard = threading.Lock()
+    memo.indexes = {}  # kopf's live indexes, as the first handler call hands them over (see _trigger)
+    memo.passes = Passes[Key](lambda key: _pass(key, memo), PASS_WORKERS)
     # No retries: a tick that cannot reach Prometheus holds replicas and says so; the next tick tries again.
     prom = PrometheusConnect(url=CONFIG.prometheus_url, disable_ssl=True, retry=Retry(total=0), timeout=10)
     memo.scaler = Scaler(prom, CONFIG.query_config())
@@ -154,14 +161,9 @@ def _refresh_metrics(scaler: Scaler, stop: threading.Event) -> None:
 @kopf.on.cleanup()
 def cleanup(memo: kopf.Memo, **_: Any) -> None:
     memo.stop.set()
+    memo.passes.shutdown()
     if memo.metrics_server is not None:
         memo.metrics_server.shutdown()
-
-
-def _lock(memo: kopf.Memo, key: Key) -> threading.Lock:
-    with memo.locks_guard:
-        lock: threading.Lock = memo.locks.setdefault(key, threading.Lock())
-        return lock
 
 
 def _scale(llmd: Mapping[str, Any], memo: kopf.Memo, view: IndexView) -> ScaleView:
@@ -180,12 +182,14 @@ def _scale(llmd: Mapping[str, Any], memo: kopf.Memo, view: IndexView) -> ScaleVi
     return scale
 
 
-def _run(llmd: Mapping[str, Any], memo: kopf.Memo, indexes: Mapping[str, Any]) -> None:
-    meta = llmd["metadata"]
-    if meta.get("deletionTimestamp"):
+def _pass(key: Key, memo: kopf.Memo) -> None:
+    """One reconcile pass, on the newest body: the triggers of a queued pass are folded into it."""
+    store = memo.indexes["llmds"].get(key)
+    llmd = next(iter(store), None) if store else None
+    if llmd is None or llmd["metadata"].get("deletionTimestamp"):
         return  # children go with their owner through garbage collection
-    view = IndexView(indexes)
-    with _lock(memo, (meta["namespace"], meta["name"])), metrics.reconciling(meta["namespace"], meta["name"]) as run:
+    view = IndexView(memo.indexes)
+    with metrics.reconciling(*key) as run:
         run.writes = reconcile(llmd, view, memo.writers, CONFIG, memo.with_pod_monitor, _scale(llmd, memo, view))
 
 
@@ -200,47 +204,42 @@ INDEX_NAMES = (
 )
 
 
-def _indexes(kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    return {name: kwargs[name] for name in INDEX_NAMES}
+def _trigger(key: Key, memo: kopf.Memo, kwargs: Mapping[str, Any]) -> Future[None] | None:
+    if not memo.indexes:  # the same live objects in every call
+        memo.indexes.update({name: kwargs[name] for name in INDEX_NAMES})
+    queued: Future[None] | None = memo.passes.trigger(key)
+    return queued
 
 
+# The handlers below only queue a pass (see passes.py): async, so kopf runs them without a thread hop.
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
-def llmd_changed(type: str | None, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+async def llmd_changed(type: str | None, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     if type == "DELETED":
         memo.writers.forget(body.metadata.uid)
         memo.scaler.forget(body.metadata.uid)
         metrics.forget(body.metadata.namespace or "", body.metadata.name or "")
-    else:
-        _run(_trimmed(body), memo, _indexes(kwargs))
+    elif queued := _trigger((body.metadata.namespace or "", body.metadata.name or ""), memo, kwargs):
+        # kopf adds its finalizer (the timer needs one) with a PATCH after this handler returns. Returning
+        # once the pass is done paces those PATCHes at the pass rate: at once, N new objects would open N
+        # connections in kopf's unlimited pool (150 MB more RSS and a burst of TLS handshakes at N=500).
+        await asyncio.wrap_future(queued)
 
 
-@kopf.timer(api.GROUP, api.VERSION, api.PLURAL, interval=CONFIG.resync_seconds)
-def resync(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
-    _run(_trimmed(body), memo, _indexes(kwargs))
-
-
-@kopf.timer(api.GROUP, api.VERSION, api.PLURAL, interval=CONFIG.autoscale_tick_seconds)
-def autoscale(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
-    """A pass per tick, so each object's autoscaler sees every fetched sample."""
-    _run(_trimmed(body), memo, _indexes(kwargs))
-
-
-def _owner_changed(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, kwargs: Mapping[str, Any]) -> None:
-    key = _owner_key(namespace, labels)
-    store = kwargs["llmds"].get(key)
-    owner = next(iter(store), None) if store else None
-    if owner is not None:
-        _run(owner, memo, _indexes(kwargs))
+@kopf.timer(api.GROUP, api.VERSION, api.PLURAL, interval=min(CONFIG.resync_seconds, CONFIG.autoscale_tick_seconds))
+async def resync(namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
+    """The resync and the autoscaler's tick in one pass, at least once per tick, so each object's
+    autoscaler sees every fetched sample (kopf stops timers while peering has the operator paused)."""
+    _trigger((namespace or "", name), memo, kwargs)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=OWNED)
-def deployment_changed(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any) -> None:
-    _owner_changed(namespace, labels, memo, kwargs)
+async def deployment_changed(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any) -> None:
+    _trigger(_owner_key(namespace, labels), memo, kwargs)
 
 
 @kopf.on.event("", "v1", "pods", labels=OWNED)
-def pod_changed(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any) -> None:
-    _owner_changed(namespace, labels, memo, kwargs)
+async def pod_changed(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any) -> None:
+    _trigger(_owner_key(namespace, labels), memo, kwargs)
 
 
 logging.getLogger("kubernetes.client.rest").setLevel(logging.WARNING)
