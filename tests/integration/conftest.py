@@ -13,10 +13,23 @@ import pytest
 from kubernetes import client, config
 
 from batchline import api
+from batchline.local.binaries import cache_root
 from batchline.local.operator_process import OperatorProcess
 
 REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "crds" / "llmdeployment.yaml"
+# A tiny random Llama (seeded, so always the same files): the model every integration test builds.
+TINY_CHECKPOINT = cache_root() / "checkpoints" / "tiny-llama-test"
+# What the test operator runs with (besides the cache folder): small builds, quick retries, and a
+# cache budget of 0 so that every build no LLMDeployment uses is collected at once.
+OPERATOR_ENV = {
+    "BATCHLINE_RESYNC_SECONDS": "3",
+    "BATCHLINE_BUILD_CPU": "500m",
+    "BATCHLINE_BUILD_MEMORY": "2Gi",
+    "BATCHLINE_BUILD_BACKOFF_LIMIT": "0",
+    "BATCHLINE_BUILD_RETRY_SECONDS": "20",
+    "BATCHLINE_MODEL_CACHE_BUDGET": "0",
+}
 
 
 def kubectl(
@@ -59,12 +72,30 @@ def crd(cluster: Any) -> Path:
 
 
 @pytest.fixture(scope="session")
-def operator(cluster: Any, crd: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    cache = tmp_path_factory.mktemp("model-cache")
+def tiny_checkpoint() -> Path:
+    if not (TINY_CHECKPOINT / "config.json").is_file():
+        from model_repo_builder.testing import make_tiny_checkpoint
+
+        staging = TINY_CHECKPOINT.with_name(f"{TINY_CHECKPOINT.name}.{uuid.uuid4().hex[:6]}")
+        make_tiny_checkpoint(staging, "llama")
+        staging.rename(TINY_CHECKPOINT)
+    return TINY_CHECKPOINT
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The local-mode cache root: the operator gives each namespace a folder below it."""
+    return tmp_path_factory.mktemp("model-cache")
+
+
+@pytest.fixture(scope="session")
+def operator(
+    cluster: Any, crd: Path, tiny_checkpoint: Path, model_cache: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
     proc = OperatorProcess(
         Path(cluster.operator_kubeconfig),
         tmp_path_factory.mktemp("operator") / "operator.log",
-        env={"BATCHLINE_RESYNC_SECONDS": "3", "BATCHLINE_MODEL_CACHE_HOST_PATH": str(cache)},
+        env={**OPERATOR_ENV, "BATCHLINE_MODEL_CACHE_HOST_PATH": str(model_cache)},
     )
     proc.start()
     proc.wait_for_log("Activity 'startup' succeeded")
