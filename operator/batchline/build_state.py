@@ -117,8 +117,10 @@ def decide(
         summary = next((s for p in reversed(job_pods) if (s := _summary(p.message))), None)
         record = CacheEntry(key, job.finished_at or _rfc3339(now), summary or {})
         return replace(base, phase=READY, reason="Built", message=f"Job {job.name} built {key}.", record=record)
+    # The builder's own words first (its termination message), else why its pod never ran, else the Job's.
     failed = [p for p in job_pods if p.phase == "Failed" and p.message]
-    cause = failed[-1].message if failed else job.message
+    stuck = [p for p in job_pods if p.message]
+    cause = failed[-1].message if failed else f"{stuck[-1].message} ({job.message})" if stuck else job.message
     retry = (finished or now) + retry_delay(job.attempt, retry_base_seconds)
     base = replace(base, phase=FAILED, reason="BuildFailed")
     message = f"Build {key} failed (attempt {job.attempt}): {cause}"

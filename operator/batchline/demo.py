@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import statistics
 import subprocess
 import sys
@@ -74,12 +75,12 @@ def smollm2_checkpoint() -> Path:
 
 
 class Cluster:
-    """What the demo reads: the LLMDeployment, and the Service's ready endpoints (as kube-proxy would)."""
+    """What the demo reads: the LLMDeployment, and where its ready replicas serve."""
 
     def __init__(self, kubeconfig: Path) -> None:
         api = config.new_client_from_config(config_file=str(kubeconfig))
         self.custom = client.CustomObjectsApi(api)
-        self.discovery = client.DiscoveryV1Api(api)
+        self.core = client.CoreV1Api(api)
 
     def llmd(self) -> dict[str, Any]:
         obj: dict[str, Any] = self.custom.get_namespaced_custom_object(  # type: ignore[assignment]
@@ -88,15 +89,16 @@ class Cluster:
         return obj
 
     def endpoints(self) -> list[str]:
-        slices = self.discovery.list_namespaced_endpoint_slice(
-            NAMESPACE, label_selector=f"kubernetes.io/service-name={NAME}"
-        )
+        """Ready pods' IPs, as the Service's EndpointSlice lists them (kube-proxy's view)."""
+        selector = f"batchline.dev/llmdeployment={NAME}"
+        response = self.core.list_namespaced_pod(NAMESPACE, label_selector=selector, _preload_content=False)
+        pods = json.loads(response.data)  # type: ignore[attr-defined]
         return sorted(
-            address
-            for s in slices.items
-            for e in s.endpoints or []
-            if e.conditions and e.conditions.ready
-            for address in e.addresses
+            p["status"]["podIP"]
+            for p in pods["items"]
+            if not p["metadata"].get("deletionTimestamp")
+            and p["status"].get("podIP")
+            and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions") or [])
         )
 
 

@@ -148,9 +148,9 @@ class BuildPodView:
             terminated = (container.get("state") or {}).get("terminated") or {}
             message = terminated.get("message") or terminated.get("reason") or message
         waiting = [
-            (c.get("state") or {}).get("waiting", {}).get("reason")
+            ": ".join(filter(None, (w.get("reason"), w.get("message"))))
             for c in status.get("containerStatuses") or []
-            if (c.get("state") or {}).get("waiting")
+            if (w := (c.get("state") or {}).get("waiting"))
         ]
         scheduled = {c.get("type"): c for c in status.get("conditions") or []}.get("PodScheduled", {})
         phase = status.get("phase") or "Pending"

@@ -168,6 +168,17 @@ def _record_marker(entry: CacheEntry) -> manifests.Manifest:
     return with_hash({"kind": f"Build/{entry.key}", "metadata": {"name": entry.key}, "data": entry.to_data()})
 
 
+def merge_patch(current: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """`new` as a JSON merge patch over `current`: fields that `new` drops are set to null, or they would stay."""
+    patch: dict[str, Any] = dict(new)
+    for key, old in current.items():
+        if key not in new:
+            patch[key] = None
+        elif isinstance(old, Mapping) and isinstance(new[key], Mapping):
+            patch[key] = merge_patch(old, new[key])
+    return patch
+
+
 def now_rfc3339() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -218,7 +229,7 @@ def reconcile(
         metrics.build_finished(namespace, name, succeeded=False, seconds=build.seconds or 0.0)
     if status_changed(current, new):
         result: dict[str, Any] = writers.custom.patch_namespaced_custom_object_status(  # type: ignore[assignment]
-            api.GROUP, api.VERSION, namespace, api.PLURAL, name, {"status": new}
+            api.GROUP, api.VERSION, namespace, api.PLURAL, name, {"status": merge_patch(current, new)}
         )
         writers.written_status[meta["uid"]] = (_revision(result["metadata"]), new)
         writes += 1

@@ -13,13 +13,11 @@ import pytest
 from kubernetes import client, config
 
 from batchline import api
-from batchline.local.binaries import cache_root
 from batchline.local.operator_process import OperatorProcess
+from tests.conftest import TINY_CHECKPOINT as TINY_CHECKPOINT
 
 REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "crds" / "llmdeployment.yaml"
-# A tiny random Llama (seeded, so always the same files): the model every integration test builds.
-TINY_CHECKPOINT = cache_root() / "checkpoints" / "tiny-llama-test"
 # What the test operator runs with (besides the cache folder): small builds, quick retries, and a
 # cache budget of 0 so that every build no LLMDeployment uses is collected at once.
 OPERATOR_ENV = {
@@ -69,17 +67,6 @@ def crd(cluster: Any) -> Path:
     kubectl(cluster.kubeconfig, "apply", "--server-side", "-f", str(CRD))
     kubectl(cluster.kubeconfig, "wait", "--for=condition=Established", "--timeout=60s", f"crd/{api.PLURAL}.{api.GROUP}")
     return CRD
-
-
-@pytest.fixture(scope="session")
-def tiny_checkpoint() -> Path:
-    if not (TINY_CHECKPOINT / "config.json").is_file():
-        from model_repo_builder.testing import make_tiny_checkpoint
-
-        staging = TINY_CHECKPOINT.with_name(f"{TINY_CHECKPOINT.name}.{uuid.uuid4().hex[:6]}")
-        make_tiny_checkpoint(staging, "llama")
-        staging.rename(TINY_CHECKPOINT)
-    return TINY_CHECKPOINT
 
 
 @pytest.fixture(scope="session")

@@ -115,15 +115,15 @@ def test_a_failing_build_is_degraded_with_the_builders_message_and_backs_off(
 
 
 def _ready_endpoints(kube: client.ApiClient, namespace: str, name: str) -> list[str]:
-    slices = client.DiscoveryV1Api(kube).list_namespaced_endpoint_slice(
-        namespace, label_selector=f"kubernetes.io/service-name={name}"
-    )
+    """Ready pods' IPs: what the Service's EndpointSlice lists (read from the pods, which also works
+    where the process node's pod IPs are loopback addresses that EndpointSlices refuse)."""
+    pods = client.CoreV1Api(kube).list_namespaced_pod(namespace, label_selector=f"{api.LABEL_LLMD}={name}")
     return [
-        address
-        for s in slices.items
-        for e in s.endpoints or []
-        if e.conditions and e.conditions.ready
-        for address in e.addresses
+        p.status.pod_ip
+        for p in pods.items
+        if p.metadata.deletion_timestamp is None
+        and p.status.pod_ip
+        and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
     ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import http.server
 import threading
 from collections.abc import Iterator
@@ -103,7 +104,8 @@ def test_other_commands_are_not_run() -> None:
     ("volumes", "env", "message"),
     [
         ([{"name": "cache", "persistentVolumeClaim": {"claimName": "c"}}], [], "local mode uses hostPath"),
-        ([], [{"name": "T", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}], "valueFrom.secretKeyRef"),
+        ([], [{"name": "T", "valueFrom": {"configMapKeyRef": {"name": "c", "key": "k"}}}], "valueFrom.configMapKeyRef"),
+        ([], [{"name": "T", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}], "secret 's' has no key 'k'"),
     ],
 )
 def test_what_the_node_cannot_provide_fails_the_pod(
@@ -266,3 +268,15 @@ def test_pod_addresses_are_handed_out_round_robin_within_the_node_subnet() -> No
     addresses.give_back(first)
     assert addresses.take("10.77.5.9") == "10.77.5.9"
     assert addresses.take() == "10.77.5.4"  # a freed address waits its turn
+
+
+def test_secret_values_come_from_the_api_and_optional_ones_may_be_missing() -> None:
+    secrets = {("ns", "hf-token"): {"HF_TOKEN": "hf_abc"}}
+    ctx = dataclasses.replace(CTX, read_secret=lambda namespace, name: secrets.get((namespace, name)))
+    env = [
+        {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "HF_TOKEN"}}},
+        {"name": "OTHER", "valueFrom": {"secretKeyRef": {"name": "absent", "key": "x", "optional": True}}},
+    ]
+    container = {"name": "c", "command": ["batchline"], "env": env}
+    how = launch(pod(container), container, ctx)
+    assert how.env["HF_TOKEN"] == "hf_abc" and "OTHER" not in how.env

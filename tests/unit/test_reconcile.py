@@ -24,6 +24,18 @@ SUMMARY = '{"key":"c1","sizeBytes":136000000,"fp32Bytes":538000000,"compressionR
 SUMMARY += '"mode":"int8-weight-only","quality":{"perplexityIncrease":0.0067,"top1Agreement":0.974,"passed":true}}'
 
 
+def _merged(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    out = dict(target)
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 class AllBuilt(dict):
     """A cache catalogue that holds every key: for tests about the children, not the build."""
 
@@ -108,7 +120,7 @@ class FakeCluster:
         return manifest
 
     def patch_namespaced_custom_object_status(self, *args: Any) -> dict[str, Any]:
-        self.status = args[-1]["status"]
+        self.status = _merged(self.status, args[-1]["status"])  # a JSON merge patch, as the API server does it
         self.writes.append("status")
         self.revision += 1
         return {"metadata": {"resourceVersion": str(self.revision)}, "status": self.status}
@@ -287,3 +299,14 @@ def test_two_deployments_with_the_same_inputs_share_one_build_job() -> None:
     assert len(cluster.jobs) == 1
     owners = next(iter(cluster.jobs.values()))[0]["metadata"]["ownerReferences"]
     assert [o["name"] for o in owners] == ["a", "b"]
+
+
+def test_status_fields_that_go_away_are_removed_not_left_behind() -> None:
+    from batchline.reconcile import merge_patch
+
+    current = {"build": {"phase": "Failed", "retryAt": "t", "report": {"a": 1}}, "autoscaling": {"x": 1}}
+    new = {"build": {"phase": "Ready", "report": {"b": 2}}}
+    assert merge_patch(current, new) == {
+        "build": {"phase": "Ready", "retryAt": None, "report": {"a": None, "b": 2}},
+        "autoscaling": None,
+    }

@@ -111,7 +111,11 @@ compares them with an operator run's audit log and kopf's watches):
   verbs: [list, watch, create, patch, delete]
 - apiGroups: [""]
   resources: [configmaps]
-  verbs: [list, watch, create, patch]
+  verbs: [list, watch, create]
+- apiGroups: [""]
+  resources: [configmaps]
+  resourceNames: [{{ .Values.modelCache.name | quote }}]
+  verbs: [patch]
 {{- end }}
 
 {{/* Cluster-scoped reads: GPU nodes (feasibility) and CRDs (kopf notices kinds that appear later). */}}

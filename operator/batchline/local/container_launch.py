@@ -42,6 +42,7 @@ class PodContext:
     pod_dir: Path
     host_env: Mapping[str, str]
     triton_backend_dir: Callable[[], Path]  # prepared on first use
+    read_secret: Callable[[str, str], Mapping[str, str] | None] = lambda namespace, name: None  # decoded data
 
 
 @dataclass(frozen=True)
@@ -81,8 +82,8 @@ def volume_paths(pod: Mapping[str, Any], pod_dir: Path) -> dict[str, Path | None
         else:
             kind = next((key for key in volume if key != "name"), "unknown")
             raise PodSpecError(
-                f"volume {name!r} is {kind}: the local process node supports hostPath and emptyDir volumes "
-                "only (local mode uses hostPath)"
+                f"volume {name!r} is {kind}: the local process node supports hostPath and emptyDir volumes, "
+                "and claims bound to a hostPath or local PersistentVolume, only (local mode uses hostPath)"
             )
     return paths
 
@@ -163,7 +164,7 @@ def field_value(pod: Mapping[str, Any], path: str, ctx: PodContext) -> str:
 
 
 def container_env(pod: Mapping[str, Any], container: Mapping[str, Any], ctx: PodContext) -> dict[str, str]:
-    """The container's own variables (value and fieldRef), in order, with $(VAR) expanded."""
+    """The container's own variables (value, fieldRef, secretKeyRef), in order, with $(VAR) expanded."""
     if container.get("envFrom"):
         raise PodSpecError(f"container {container['name']!r}: envFrom is not supported on the local process node")
     env: dict[str, str] = {}
@@ -173,6 +174,13 @@ def container_env(pod: Mapping[str, Any], container: Mapping[str, Any], ctx: Pod
             env[var["name"]] = expand(var.get("value", ""), env)
         elif "fieldRef" in source:
             env[var["name"]] = field_value(pod, source["fieldRef"]["fieldPath"], ctx)
+        elif "secretKeyRef" in source:
+            ref = source["secretKeyRef"]
+            value = (ctx.read_secret(pod["metadata"]["namespace"], ref["name"]) or {}).get(ref["key"])
+            if value is not None:
+                env[var["name"]] = value
+            elif not ref.get("optional"):
+                raise PodSpecError(f"env {var['name']!r}: secret {ref['name']!r} has no key {ref['key']!r}")
         else:
             kind = next(iter(source), "unknown")
             raise PodSpecError(f"env {var['name']!r}: valueFrom.{kind} is not supported on the local process node")

@@ -14,6 +14,7 @@ the pods it finds bound to its node again (restartPolicy Always) or fails them (
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import http.server
 import ipaddress
@@ -273,14 +274,45 @@ class NodeAgent:
             pod_dir=self._pod_dir(pod),
             host_env=dict(os.environ),
             triton_backend_dir=self._triton_backends,
+            read_secret=self._read_secret,
         )
-        runner = PodRunner(self.api, pod, ctx, self._runner_done)
+        runner = PodRunner(self.api, self._with_claims_resolved(pod), ctx, self._runner_done)
         with self._lock:  # `run` takes this lock after `stop` is set to collect the runners to stop
             if self.stop.is_set():
                 self.addresses.give_back(ip)
                 return
             self._runners[runner.uid] = runner
             runner.start()
+
+    def _with_claims_resolved(self, pod: Mapping[str, Any]) -> dict[str, Any]:
+        """The pod with each bound claim whose volume is a node folder (hostPath or local PV) mounted as
+        that folder, as a kubelet would; other claims stay and fail the pod with a clear message."""
+        volumes = []
+        for volume in pod["spec"].get("volumes") or []:
+            claim = volume.get("persistentVolumeClaim")
+            path = self._claim_path(pod["metadata"]["namespace"], claim["claimName"]) if claim else None
+            volumes.append({"name": volume["name"], "hostPath": {"path": path}} if path else volume)
+        return {**pod, "spec": {**pod["spec"], "volumes": volumes}}
+
+    def _claim_path(self, namespace: str, claim: str) -> str | None:
+        try:
+            pvc = self.api.get(f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/{claim}")
+            if not pvc["spec"].get("volumeName"):
+                return None
+            pv = self.api.get(f"/api/v1/persistentvolumes/{pvc['spec']['volumeName']}")
+        except ApiError:
+            return None
+        source = pv["spec"].get("hostPath") or pv["spec"].get("local") or {}
+        return str(source["path"]) if source.get("path") else None
+
+    def _read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
+        try:
+            secret = self.api.get(f"/api/v1/namespaces/{namespace}/secrets/{name}")
+        except ApiError as err:
+            if err.status == 404:
+                return None
+            raise
+        return {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
 
     def _runner_done(self, runner: PodRunner) -> None:
         with self._lock:
