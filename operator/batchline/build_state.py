@@ -110,7 +110,9 @@ def decide(
         base = replace(base, seconds=max(finished - started, 0.0))
     if job.finished is None:
         detail = "waiting for its pod"
-        if newest is not None:
+        if newest is not None and newest.phase == "Succeeded":
+            detail = f"pod {newest.name} finished"  # its message is the report, recorded once the Job completes
+        elif newest is not None:
             detail = f"pod {newest.name} {newest.phase}" + (f": {newest.message}" if newest.message else "")
         return replace(base, message=f"Job {job.name} is building {key}; {detail}.")
     if job.finished == "Complete":

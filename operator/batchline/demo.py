@@ -220,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
             "BATCHLINE_MODEL_CACHE_HOST_PATH": str(cache / "model-cache"),
             "BATCHLINE_PROMETHEUS_URL": prometheus.url,
             "BATCHLINE_AUTOSCALE_TICK_SECONDS": "5",
-            "BATCHLINE_BUILD_CPU": "1",
+            "BATCHLINE_BUILD_CPU": "2",
             "BATCHLINE_BUILD_MEMORY": "6Gi",
             "BATCHLINE_BUILD_RETRY_SECONDS": "30",
         },
