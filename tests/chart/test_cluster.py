@@ -76,8 +76,11 @@ def chart_crds(cluster: Any) -> None:
     rolls back the CRD that other tests in the shared control plane use."""
     kubectl(cluster.kubeconfig, "apply", "--server-side", "-f", str(REPO / "crds"),
             "-f", str(CHART / "crds" / "kopf-peering.yaml"))
+    established = 'jsonpath={.status.conditions[?(@.type=="Established")].status}'
     for plural in ("kopfpeerings.kopf.dev", "clusterkopfpeerings.kopf.dev", f"{api.PLURAL}.{api.GROUP}"):
-        kubectl(cluster.kubeconfig, "wait", "--for=condition=Established", "--timeout=60s", f"crd/{plural}")
+        # Polled rather than `kubectl wait`: a just-started API server on a loaded machine can take minutes.
+        wait_for(lambda plural=plural: kubectl(cluster.kubeconfig, "get", f"crd/{plural}", "-o", established,
+                                               check=False).stdout == "True", timeout=240, what=f"{plural} Established")
     # kopf finds the peering kinds through API discovery at startup, which lags Established a little;
     # an operator started in that moment would wait for its (mandatory) peering object forever.
     wait_for(lambda: "kopfpeerings" in kubectl(cluster.kubeconfig, "api-resources", "--api-group=kopf.dev",
