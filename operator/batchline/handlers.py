@@ -263,9 +263,12 @@ def llmd_changed(type: str | None, body: kopf.Body, memo: kopf.Memo, **kwargs: A
         _run(_trimmed(body), memo, _indexes(kwargs))
 
 
-# Timers start one interval late: the first pass comes from the object's own event, and a timer that
-# kopf spawns in the moment it pauses a standby (kopf #1266) is stopped before it can fire.
-@kopf.timer(api.GROUP, api.VERSION, api.PLURAL, interval=CONFIG.resync_seconds, initial_delay=CONFIG.resync_seconds)
+# Timers start a moment late: a timer that kopf spawns in the moment it pauses a standby (kopf #1266)
+# is stopped before it can fire. Only a moment: the first autoscaler tick sets ScalingActive.
+FIRST_TICK_DELAY = 2.0
+
+
+@kopf.timer(api.GROUP, api.VERSION, api.PLURAL, interval=CONFIG.resync_seconds, initial_delay=FIRST_TICK_DELAY)
 def resync(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     _run(_trimmed(body), memo, _indexes(kwargs))
 
@@ -275,7 +278,7 @@ def resync(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     api.VERSION,
     api.PLURAL,
     interval=CONFIG.autoscale_tick_seconds,
-    initial_delay=CONFIG.autoscale_tick_seconds,
+    initial_delay=FIRST_TICK_DELAY,
 )
 def autoscale(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     """A pass per tick, so each object's autoscaler sees every fetched sample."""
@@ -300,9 +303,7 @@ def pod_changed(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **k
     _owner_changed(namespace, labels, memo, kwargs)
 
 
-@kopf.timer(
-    "", "v1", "configmaps", labels=CATALOGUE, interval=CONFIG.resync_seconds, initial_delay=CONFIG.resync_seconds
-)
+@kopf.timer("", "v1", "configmaps", labels=CATALOGUE, interval=CONFIG.resync_seconds, initial_delay=FIRST_TICK_DELAY)
 def collect_cache(namespace: str | None, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     """Keeps each namespace's model cache within its budget; builds in use are never collected."""
     ns = namespace or ""
