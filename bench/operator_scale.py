@@ -32,7 +32,7 @@ from kubernetes.dynamic import DynamicClient
 from batchline import api, manifests, model_cache
 from batchline.build_key import repository_key
 from batchline.config import OperatorConfig
-from batchline.local.audit import count_writes, write_events
+from batchline.local.audit import write_events
 from batchline.local.controlplane import LocalCluster
 from batchline.local.identities import OPERATOR_USER
 from batchline.local.operator_process import OperatorProcess
@@ -138,6 +138,20 @@ def via_operator(kube: client.ApiClient, n: int, namespace: str) -> float:
     return time.monotonic() - start
 
 
+def _breakdown(events: list[dict[str, Any]]) -> dict[str, int]:
+    def what(e: dict[str, Any]) -> str:
+        ref = e["objectRef"]
+        sub = f"/{ref['subresource']}" if ref.get("subresource") else ""
+        return f"{e['verb']} {ref.get('resource')}{sub}"
+
+    return dict(Counter(what(e) for e in events))
+
+
+def _phase(name: str) -> None:
+    """Phase marks on stderr (wall clock), to line up with CPU samples or an operator profile."""
+    print(f"phase {name} {time.time():.2f}", file=sys.stderr, flush=True)
+
+
 def peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -166,7 +180,9 @@ def measure(n: int, resync: float, cluster_prefix: str = "bench") -> dict[str, A
         with tempfile.TemporaryDirectory() as tmp:
             # Both sides' pods mount the model cache the same way (a node folder, as in local mode).
             cfg = OperatorConfig(model_cache_host_path=tmp)
+            _phase("direct")
             t_direct = direct(kube, n, "direct", cfg)
+            _phase("settle")
             t_settle = settle(client.AppsV1Api(kube), "direct")
             seed_catalogue(core, "op", cfg)
             op = OperatorProcess(
@@ -177,8 +193,11 @@ def measure(n: int, resync: float, cluster_prefix: str = "bench") -> dict[str, A
             op.start()
             op.wait_for_log("Activity 'startup' succeeded", timeout=120)
             since = time.time()
+            _phase("operator")
             t_op = via_operator(kube, n, "op")
-            writes = count_writes(cluster.state_dir, OPERATOR_USER, since)
+            _phase("converged")
+            op_writes = write_events(cluster.state_dir, OPERATOR_USER, since)
+            writes = len(op_writes)
             time.sleep(3)
             idle_since = time.time()
             time.sleep(2 * resync + 2)
@@ -196,8 +215,9 @@ def measure(n: int, resync: float, cluster_prefix: str = "bench") -> dict[str, A
         "ratio": round(t_op / t_direct, 2),
         "peak_rss_mb": round(rss, 1),
         "writes_per_object": round(writes / n, 2),
+        "writes_breakdown": _breakdown(op_writes),
         "idle_resync_writes": len(idle_events),
-        "idle_breakdown": dict(Counter(f"{e['verb']} {e['objectRef'].get('resource')}" for e in idle_events)),
+        "idle_breakdown": _breakdown(idle_events),
     }
 
 

@@ -34,6 +34,16 @@ BUILDS = {api.LABEL_BUILD_KEY: kopf.PRESENT}
 CATALOGUE = {api.LABEL_CACHE: "catalogue"}
 CACHE_GC = {api.LABEL_CACHE: "gc"}
 Key = tuple[str, str]
+# The kinds Batchline makes and watches (all but nodes and LLMDeployments): see startup().
+WATCHED_CHILDREN = (
+    ("apps", "v1", "deployments"),
+    ("", "v1", "pods"),
+    ("", "v1", "services"),
+    ("policy", "v1", "poddisruptionbudgets"),
+    ("monitoring.coreos.com", "v1", "podmonitors"),
+    ("", "v1", "configmaps"),
+    ("batch", "v1", "jobs"),
+)
 
 
 def _owner_key(namespace: str | None, labels: Mapping[str, str]) -> Key:
@@ -164,14 +174,26 @@ class IndexView:
         return list(self._ix["llmds_by_key"].get((namespace, key), []))
 
 
+class NoDiffBase(kopf.AnnotationsDiffBaseStorage):
+    """kopf builds a diff base (a deep copy of the body, less status) on every watch event of every watched
+    kind, for change-detecting handlers (on.create/update/resume/field). Batchline has none: its handlers are
+    on.event, timers and indexes, which never see a diff. So the diff base is empty, and nothing is copied."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+
 @kopf.on.startup()
 def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=api.GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=api.GROUP, key="last-handled-configuration"
-    )
+    settings.persistence.diffbase_storage = NoDiffBase(prefix=api.GROUP, key="last-handled-configuration")
     settings.persistence.finalizer = f"{api.GROUP}/finalizer"
     settings.posting.enabled = False  # Events come from events.EventPoster, on transitions only
+    # kopf's `labels=` filters on handlers and indexes act client-side: without a server-side selector the
+    # operator would list and watch every pod, Deployment, Service, ConfigMap and Job of the cluster, and
+    # hold back all handlers until it had taken in each one. Everything Batchline makes carries managed-by.
+    for kind in WATCHED_CHILDREN:
+        settings.watching.label_selectors[kind] = f"{api.LABEL_MANAGED_BY}={api.MANAGED_BY}"
     settings.watching.server_timeout = 300
     try:
         config.load_incluster_config()
@@ -182,7 +204,7 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     api_client = client.ApiClient(configuration)
     applier = Applier(api_client)
     core = client.CoreV1Api(api_client)
-    memo.writers = Writers(applier, client.CustomObjectsApi(api_client), EventPoster(core), core=core)
+    memo.writers = Writers(applier, applier, EventPoster(applier.create), core=core)
     memo.with_pod_monitor = applier.has_kind("monitoring.coreos.com/v1", "PodMonitor")
     memo.indexes = {}  # kopf's live indexes, as the first handler call hands them over (see _trigger)
     memo.passes = Passes[Key](lambda key: _pass(key, memo), PASS_WORKERS)
