@@ -33,6 +33,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--backend", choices=[str(b) for b in Backend], default=str(Backend.PYTHON))
     parser.add_argument("--model-name", default="model")
     parser.add_argument("--group-size", type=int, default=32, help="int4 group size (32, 64, 128, 256)")
+    parser.add_argument(
+        "--sparsity",
+        type=float,
+        default=0.0,
+        help="fraction in [0, 1) of each body Linear row's weights to zero (smallest first) before quantizing; "
+        "the repository stays dense",
+    )
     batching = parser.add_argument_group("batching")
     batching.add_argument("--max-batch-size", type=int, default=8)
     batching.add_argument("--no-dynamic-batching", action="store_true")
@@ -47,6 +54,11 @@ def register(subparsers: Any) -> None:
     serving.add_argument("--torch-threads", type=int, default=0, help="0 = torch's default")
     serving.add_argument("--response-cache", action="store_true")
     serving.add_argument("--no-warmup", action="store_true")
+    serving.add_argument(
+        "--dequantize-at-load",
+        action="store_true",
+        help="int8/int4-weight-only: serve float32 weights de-quantized at load (fast on CPU, float32 memory)",
+    )
     serving.add_argument("--vllm-model-root", default="/models", help="where the vLLM container mounts the repository")
     gate = parser.add_argument_group("quality gate (defaults depend on --mode)")
     gate.add_argument("--max-perplexity-increase", type=float, help="relative, e.g. 0.02 for 2%%")
@@ -87,6 +99,8 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
         warmup=not args.no_warmup,
         quality=quality,
         vllm_model_root=args.vllm_model_root,
+        sparsity=args.sparsity,
+        dequantize_at_load=args.dequantize_at_load,
     )
 
 
