@@ -6,8 +6,11 @@ import argparse
 import dataclasses
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
+from . import termination
+from .cache import link_alias
 from .errors import BuildError
 from .options import (
     DEFAULT_THRESHOLDS,
@@ -39,6 +42,10 @@ def register(subparsers: Any) -> None:
         default=0.0,
         help="fraction in [0, 1) of each body Linear row's weights to zero (smallest first) before quantizing; "
         "the repository stays dense",
+    )
+    parser.add_argument("--alias", help="also name the build OUTPUT_ROOT/ALIAS (a symlink; the operator's build key)")
+    parser.add_argument(
+        "--termination-log", help="write a JSON summary, or the error, here (a Kubernetes termination message)"
     )
     batching = parser.add_argument_group("batching")
     batching.add_argument("--max-batch-size", type=int, default=8)
@@ -110,9 +117,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         options = options_from_args(args)
         result = build(args.source, args.output_root, options)
+        if args.alias:
+            link_alias(Path(args.output_root), args.alias, result.key)
     except (BuildError, ValueError) as exc:
         print(f"batchline build: error: {exc}", file=sys.stderr)
+        termination.write(args.termination_log, str(exc))
         return 2
+    termination.write(args.termination_log, termination.build_summary(result.report, args.alias, result.reused))
     summary = {
         "key": result.key,
         "path": str(result.path),

@@ -21,7 +21,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import util
 from pathlib import Path
 from types import TracebackType
@@ -48,10 +48,15 @@ def free_port() -> int:
         return port
 
 
-def server_environment() -> dict[str, str]:
-    """The environment tritonserver and its python stubs need to run models of this interpreter."""
+def tritonserver_binary() -> Path:
+    return pytriton_root() / "bin" / "tritonserver"
+
+
+def server_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """`base` (default: this process's environment) plus what tritonserver and its python stubs need
+    to run models of this interpreter."""
     root = pytriton_root()
-    env = dict(os.environ)
+    env = dict(os.environ if base is None else base)
     libs = [str(sysconfig.get_config_var("LIBDIR")), str(root.parent.parent / "nvidia_pytriton.libs")]
     env["LD_LIBRARY_PATH"] = os.pathsep.join([*libs, *filter(None, [env.get("LD_LIBRARY_PATH")])])
     paths = [*site.getsitepackages(), *filter(None, [env.get("PYTHONPATH")])]
@@ -119,8 +124,7 @@ class TritonServer:
         return self._workdir / "tritonserver.log" if self._workdir else None
 
     def command(self, backend_dir: Path) -> list[str]:
-        binary = pytriton_root() / "bin" / "tritonserver"
-        args = [str(binary), f"--backend-directory={backend_dir}"]
+        args = [str(tritonserver_binary()), f"--backend-directory={backend_dir}"]
         args += [f"--model-repository={repo}" for repo in self.repositories]
         args += [
             f"--http-port={self.http_port}",

@@ -10,11 +10,15 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from batchline.local import binaries
 from batchline.local.controlplane import LocalCluster
+
+# A tiny random Llama (seeded, so always the same files): the model the cluster tests build for real.
+TINY_CHECKPOINT = binaries.cache_root() / "checkpoints" / "tiny-llama-test"
 
 # Another name (BATCHLINE_TEST_CLUSTER) keeps concurrent sessions on one machine apart.
 TEST_CLUSTER = os.environ.get("BATCHLINE_TEST_CLUSTER", "pytest")
@@ -40,3 +44,14 @@ def cluster() -> Iterator[LocalCluster]:
     yield local
     if not keep:
         local.down()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint() -> Path:
+    if not (TINY_CHECKPOINT / "config.json").is_file():
+        from model_repo_builder.testing import make_tiny_checkpoint
+
+        staging = TINY_CHECKPOINT.with_name(f"{TINY_CHECKPOINT.name}.{os.getpid()}")
+        make_tiny_checkpoint(staging, "llama")
+        staging.rename(TINY_CHECKPOINT)
+    return TINY_CHECKPOINT

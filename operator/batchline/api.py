@@ -12,6 +12,10 @@ LABEL_LLMD = f"{GROUP}/llmdeployment"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "batchline"
 ANNOTATION_APPLIED_HASH = f"{GROUP}/applied-hash"
+ANNOTATION_BUILD_KEY = f"{GROUP}/build-key"  # on Triton pod templates: the build they serve
+LABEL_BUILD_KEY = f"{GROUP}/build-key"  # on build Jobs and their pods
+LABEL_CACHE = f"{GROUP}/model-cache"  # on the cache catalogue ConfigMap and cache clean-up Jobs
+ANNOTATION_BUILD_ATTEMPT = f"{GROUP}/build-attempt"
 
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"

@@ -14,7 +14,7 @@ from typing import Any
 
 from kubernetes import client
 from kubernetes.dynamic import DynamicClient
-from kubernetes.dynamic.exceptions import ResourceNotFoundError
+from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
 
 from batchline import api
 from batchline.manifests import Manifest
@@ -54,3 +54,12 @@ class Applier:
             force_conflicts=True,
         )
         return dict(result.to_dict())
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
+        """Deletes with background propagation (a Job's pods go too); False if it was already gone."""
+        resource = self._dynamic.resources.get(api_version=api_version, kind=kind)
+        try:
+            resource.delete(name=name, namespace=namespace, body={"propagationPolicy": "Background"})
+        except NotFoundError:
+            return False
+        return True

@@ -13,8 +13,10 @@ def repository_inputs(spec: Mapping[str, Any]) -> dict[str, Any]:
     serving = spec["serving"]
     return {
         "model": {"source": spec["model"]["source"], "task": spec["model"]["task"]},
-        "quantization": {k: v for k, v in spec["quantization"].items() if k != "qualityGate"},
+        # The quality gate is a build input: loosening it after a failed build must build again now.
+        "quantization": dict(spec["quantization"]),
         "backend": serving["backend"],
+        "modelName": serving["modelName"],
         "maxBatchSize": serving["maxBatchSize"],
         "dynamicBatching": serving["dynamicBatching"],
         "instancesPerReplica": serving["instancesPerReplica"],

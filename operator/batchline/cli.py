@@ -14,6 +14,7 @@ SUBCOMMAND_MODULES: dict[str, str] = {
     "local": "batchline.local.cli",
     "build": "model_repo_builder.cli",
     "serve": "model_repo_builder.serve_cli",
+    "cache": "model_repo_builder.cache_cli",
     "autoscale": "batchline.autoscaler.cli",
 }
 

@@ -10,16 +10,37 @@ from batchline.autoscaler import QueryConfig
 DEFAULT_IMAGES = {
     "python": "nvcr.io/nvidia/tritonserver:24.10-py3",
     "vllm": "nvcr.io/nvidia/tritonserver:24.10-vllm-python-py3",
+    "builder": "ghcr.io/batchline/batchline-builder:0.1.0",
 }
+_BINARY_SUFFIXES = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+
+
+def parse_bytes(quantity: str) -> int:
+    """A Kubernetes-style quantity ("200Gi", "50G", "1024") in bytes."""
+    text = quantity.strip()
+    for suffix in sorted(_BINARY_SUFFIXES, key=len, reverse=True):
+        if text.endswith(suffix):
+            return int(float(text[: -len(suffix)]) * _BINARY_SUFFIXES[suffix])
+    return int(float(text))
 
 
 @dataclass(frozen=True)
 class OperatorConfig:
     python_image: str = DEFAULT_IMAGES["python"]
     vllm_image: str = DEFAULT_IMAGES["vllm"]
+    builder_image: str = DEFAULT_IMAGES["builder"]
     model_cache_pvc: str = "batchline-model-cache"
     # Local embedded mode only: mount this node folder instead of the PVC (KWOK nodes have no storage).
     model_cache_host_path: str = ""
+    # Unused cache entries are removed, oldest first, while the cache holds more than this.
+    model_cache_budget_bytes: int = 150 * 2**30  # below the chart's 200Gi claim
+    build_cpu: str = "4"
+    build_memory: str = "32Gi"
+    build_deadline_seconds: int = 4 * 3600
+    build_backoff_limit: int = 2  # pod retries inside one Job
+    build_retry_seconds: float = 60.0  # wait before a failed build's next Job; doubles per attempt, max 1 h
+    # A Secret with key HF_TOKEN for gated hf:// models, mounted into builders when it exists.
+    hf_token_secret: str = "hf-token"
     resync_seconds: float = 30.0
     prometheus_url: str = "http://prometheus-operated.monitoring:9090"
     autoscale_tick_seconds: float = 15.0
@@ -45,8 +66,18 @@ class OperatorConfig:
         return cls(
             python_image=e.get("BATCHLINE_PYTHON_IMAGE", d.python_image),
             vllm_image=e.get("BATCHLINE_VLLM_IMAGE", d.vllm_image),
+            builder_image=e.get("BATCHLINE_BUILDER_IMAGE", d.builder_image),
             model_cache_pvc=e.get("BATCHLINE_MODEL_CACHE_PVC", d.model_cache_pvc),
             model_cache_host_path=e.get("BATCHLINE_MODEL_CACHE_HOST_PATH", d.model_cache_host_path),
+            model_cache_budget_bytes=parse_bytes(
+                e.get("BATCHLINE_MODEL_CACHE_BUDGET", str(d.model_cache_budget_bytes))
+            ),
+            build_cpu=e.get("BATCHLINE_BUILD_CPU", d.build_cpu),
+            build_memory=e.get("BATCHLINE_BUILD_MEMORY", d.build_memory),
+            build_deadline_seconds=int(e.get("BATCHLINE_BUILD_DEADLINE_SECONDS", d.build_deadline_seconds)),
+            build_backoff_limit=int(e.get("BATCHLINE_BUILD_BACKOFF_LIMIT", d.build_backoff_limit)),
+            build_retry_seconds=float(e.get("BATCHLINE_BUILD_RETRY_SECONDS", d.build_retry_seconds)),
+            hf_token_secret=e.get("BATCHLINE_HF_TOKEN_SECRET", d.hf_token_secret),
             resync_seconds=float(e.get("BATCHLINE_RESYNC_SECONDS", d.resync_seconds)),
             prometheus_url=e.get("BATCHLINE_PROMETHEUS_URL", d.prometheus_url),
             autoscale_tick_seconds=float(e.get("BATCHLINE_AUTOSCALE_TICK_SECONDS", d.autoscale_tick_seconds)),

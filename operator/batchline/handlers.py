@@ -12,18 +12,23 @@ from kubernetes import client, config
 from prometheus_api_client import PrometheusConnect
 from urllib3.util.retry import Retry
 
-from batchline import api, metrics
+from batchline import api, cache_collector, metrics, model_cache
 from batchline.apply import Applier
 from batchline.autoscaler import Status
+from batchline.build_key import repository_key
 from batchline.config import OperatorConfig
 from batchline.events import EventPoster
-from batchline.observed import DeploymentView, NodeView, PodView
+from batchline.model_cache import CacheEntry
+from batchline.observed import BuildPodView, DeploymentView, JobView, NodeView, PodView
 from batchline.reconcile import Writers, reconcile
 from batchline.scaling import Scaler, ScaleView
 from batchline.status import Event
 
 CONFIG = OperatorConfig.from_env()
 OWNED = {api.LABEL_LLMD: kopf.PRESENT}
+BUILDS = {api.LABEL_BUILD_KEY: kopf.PRESENT}
+CATALOGUE = {api.LABEL_CACHE: "catalogue"}
+CACHE_GC = {api.LABEL_CACHE: "gc"}
 Key = tuple[str, str]
 
 
@@ -50,6 +55,32 @@ def _trimmed(body: kopf.Body) -> dict[str, Any]:
 @kopf.index(api.GROUP, api.VERSION, api.PLURAL)
 def llmds(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
     return {(namespace or "", name): _trimmed(body)}
+
+
+@kopf.index(api.GROUP, api.VERSION, api.PLURAL)
+def llmds_by_key(namespace: str | None, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
+    """LLMDeployments by the build they want: the owners of a shared build Job."""
+    return {(namespace or "", repository_key(body.spec)): _trimmed(body)}
+
+
+@kopf.index("batch", "v1", "jobs", labels=BUILDS)
+def build_jobs(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, JobView]:
+    return {(namespace or "", labels[api.LABEL_BUILD_KEY]): JobView.from_body(body)}
+
+
+@kopf.index("", "v1", "pods", labels=BUILDS)
+def build_pods(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, BuildPodView]:
+    return {(namespace or "", labels[api.LABEL_BUILD_KEY]): BuildPodView.from_body(body)}
+
+
+@kopf.index("", "v1", "configmaps", labels=CATALOGUE)
+def cache_catalogues(namespace: str | None, body: kopf.Body, **_: Any) -> dict[str, dict[str, CacheEntry]]:
+    return {namespace or "": model_cache.entries(body.get("data"))}
+
+
+@kopf.index("batch", "v1", "jobs", labels=CACHE_GC)
+def cache_gc_jobs(namespace: str | None, body: kopf.Body, **_: Any) -> dict[str, JobView]:
+    return {namespace or "": JobView.from_body(body)}
 
 
 @kopf.index("apps", "v1", "deployments", labels=OWNED)
@@ -85,7 +116,7 @@ class IndexView:
     def __init__(self, indexes: Mapping[str, Any]) -> None:
         self._ix = indexes
 
-    def _first(self, index: str, key: Key) -> Any:
+    def _first(self, index: str, key: Key | str) -> Any:
         store = self._ix[index].get(key)
         return next(iter(store), None) if store else None
 
@@ -111,6 +142,19 @@ class IndexView:
         found: str | None = self._first(index[kind], (namespace, name))
         return found
 
+    def cache(self, namespace: str) -> Mapping[str, CacheEntry]:
+        found: Mapping[str, CacheEntry] | None = self._first("cache_catalogues", namespace)
+        return found or {}
+
+    def build_jobs(self, namespace: str, key: str) -> Sequence[JobView]:
+        return list(self._ix["build_jobs"].get((namespace, key), []))
+
+    def build_pods(self, namespace: str, key: str) -> Sequence[BuildPodView]:
+        return list(self._ix["build_pods"].get((namespace, key), []))
+
+    def wanting(self, namespace: str, key: str) -> Sequence[Mapping[str, Any]]:
+        return list(self._ix["llmds_by_key"].get((namespace, key), []))
+
 
 @kopf.on.startup()
 def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
@@ -130,7 +174,8 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     configuration.connection_pool_maxsize = 32  # above settings.execution.max_workers
     api_client = client.ApiClient(configuration)
     applier = Applier(api_client)
-    memo.writers = Writers(applier, client.CustomObjectsApi(api_client), EventPoster(client.CoreV1Api(api_client)))
+    core = client.CoreV1Api(api_client)
+    memo.writers = Writers(applier, client.CustomObjectsApi(api_client), EventPoster(core), core=core)
     memo.with_pod_monitor = applier.has_kind("monitoring.coreos.com/v1", "PodMonitor")
     memo.locks = {}
     memo.locks_guard = threading.Lock()
@@ -192,6 +237,10 @@ def _run(llmd: Mapping[str, Any], memo: kopf.Memo, indexes: Mapping[str, Any]) -
 INDEX_NAMES = (
     "gpu_nodes",
     "llmds",
+    "llmds_by_key",
+    "build_jobs",
+    "build_pods",
+    "cache_catalogues",
     "llmd_deployments",
     "llmd_pods",
     "llmd_services",
@@ -214,12 +263,23 @@ def llmd_changed(type: str | None, body: kopf.Body, memo: kopf.Memo, **kwargs: A
         _run(_trimmed(body), memo, _indexes(kwargs))
 
 
-@kopf.timer(api.GROUP, api.VERSION, api.PLURAL, interval=CONFIG.resync_seconds)
+# Timers start a moment late: a timer that kopf spawns in the moment it pauses a standby (kopf #1266)
+# is stopped before it can fire. Only a moment: the first autoscaler tick sets ScalingActive.
+FIRST_TICK_DELAY = 2.0
+
+
+@kopf.timer(api.GROUP, api.VERSION, api.PLURAL, interval=CONFIG.resync_seconds, initial_delay=FIRST_TICK_DELAY)
 def resync(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     _run(_trimmed(body), memo, _indexes(kwargs))
 
 
-@kopf.timer(api.GROUP, api.VERSION, api.PLURAL, interval=CONFIG.autoscale_tick_seconds)
+@kopf.timer(
+    api.GROUP,
+    api.VERSION,
+    api.PLURAL,
+    interval=CONFIG.autoscale_tick_seconds,
+    initial_delay=FIRST_TICK_DELAY,
+)
 def autoscale(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     """A pass per tick, so each object's autoscaler sees every fetched sample."""
     _run(_trimmed(body), memo, _indexes(kwargs))
@@ -241,6 +301,43 @@ def deployment_changed(namespace: str | None, labels: kopf.Labels, memo: kopf.Me
 @kopf.on.event("", "v1", "pods", labels=OWNED)
 def pod_changed(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any) -> None:
     _owner_changed(namespace, labels, memo, kwargs)
+
+
+@kopf.timer("", "v1", "configmaps", labels=CATALOGUE, interval=CONFIG.resync_seconds, initial_delay=FIRST_TICK_DELAY)
+def collect_cache(namespace: str | None, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+    """Keeps each namespace's model cache within its budget; builds in use are never collected."""
+    ns = namespace or ""
+    wanted = {key for (n, key) in kwargs["llmds_by_key"] if n == ns}
+    served = {d.model_key for (n, _), store in kwargs["llmd_deployments"].items() if n == ns for d in store}
+    jobs = list(kwargs["cache_gc_jobs"].get(ns, []))
+    cache = model_cache.entries(body.get("data"))
+    writers = memo.writers
+    cache_collector.collect(ns, cache, wanted | {k for k in served if k}, jobs, writers.applier, writers.core, CONFIG)
+
+
+def _build_changed(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, kwargs: Mapping[str, Any]) -> None:
+    """A build Job or pod moved: every LLMDeployment waiting for that build takes a pass."""
+    for llmd in list(kwargs["llmds_by_key"].get((namespace or "", labels[api.LABEL_BUILD_KEY]), [])):
+        _run(llmd, memo, _indexes(kwargs))
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=BUILDS)
+def build_job_changed(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any) -> None:
+    _build_changed(namespace, labels, memo, kwargs)
+
+
+@kopf.on.event("", "v1", "pods", labels=BUILDS)
+def build_pod_changed(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any) -> None:
+    _build_changed(namespace, labels, memo, kwargs)
+
+
+@kopf.on.event("", "v1", "configmaps", labels=CATALOGUE)
+def catalogue_changed(namespace: str | None, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+    """A build was recorded: LLMDeployments that wait for it roll it out."""
+    for key in body.get("data") or {}:
+        for llmd in list(kwargs["llmds_by_key"].get((namespace or "", key), [])):
+            if (llmd["status"].get("build") or {}).get("phase") != "Ready":
+                _run(llmd, memo, _indexes(kwargs))
 
 
 logging.getLogger("kubernetes.client.rest").setLevel(logging.WARNING)

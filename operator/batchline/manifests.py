@@ -10,7 +10,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from batchline import api
-from batchline.build_key import repository_key
 from batchline.config import OperatorConfig
 
 Manifest = dict[str, Any]
@@ -55,13 +54,14 @@ def _metadata(llmd: Mapping[str, Any], name: str | None = None) -> dict[str, Any
     }
 
 
-def model_repository_path(spec: Mapping[str, Any]) -> str:
-    return f"{MODEL_MOUNT}/{repository_key(spec)}/model_repository"
+def model_folder(key: str) -> str:
+    """Where a build sits in the cache volume, by the operator's build key (an alias the builder writes)."""
+    return f"{MODEL_MOUNT}/{key}"
 
 
-def triton_args(spec: Mapping[str, Any]) -> list[str]:
+def triton_args(key: str) -> list[str]:
     return [
-        f"--model-repository={model_repository_path(spec)}",
+        f"--model-repository={model_folder(key)}/repository",
         "--strict-readiness=true",
         "--exit-on-error=true",
         "--allow-metrics=true",
@@ -104,19 +104,46 @@ def _scheduling(res: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _model_cache_volume(config: OperatorConfig) -> dict[str, Any]:
+def model_cache_volume(config: OperatorConfig, namespace: str, read_only: bool) -> dict[str, Any]:
+    """The namespace's cache: its PVC, or in local mode a node folder per namespace (as a PVC would be)."""
     if config.model_cache_host_path:
-        return {"name": "model-cache", "hostPath": {"path": config.model_cache_host_path, "type": "Directory"}}
-    return {"name": "model-cache", "persistentVolumeClaim": {"claimName": config.model_cache_pvc, "readOnly": True}}
+        path = f"{config.model_cache_host_path.rstrip('/')}/{namespace}"
+        return {"name": "model-cache", "hostPath": {"path": path, "type": "DirectoryOrCreate"}}
+    return {
+        "name": "model-cache",
+        "persistentVolumeClaim": {"claimName": config.model_cache_pvc, "readOnly": read_only},
+    }
 
 
-def triton_container(spec: Mapping[str, Any], config: OperatorConfig) -> dict[str, Any]:
+RESTRICTED_CONTAINER = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "runAsNonRoot": True,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def model_check_container(key: str, config: OperatorConfig) -> dict[str, Any]:
+    """Init step: Triton starts only on a complete build (a half-copied cache would fail in odd ways)."""
+    return {
+        "name": "model-check",
+        "image": config.builder_image,
+        "command": ["batchline"],
+        "args": ["cache", "check", model_folder(key), "--termination-log=/dev/termination-log"],
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [{"name": "model-cache", "mountPath": MODEL_MOUNT, "readOnly": True}],
+        "securityContext": RESTRICTED_CONTAINER,
+    }
+
+
+def triton_container(spec: Mapping[str, Any], key: str, config: OperatorConfig) -> dict[str, Any]:
     serving = spec["serving"]
     return {
         "name": "triton",
         "image": serving.get("image") or config.image_for(serving["backend"]),
         "command": ["tritonserver"],
-        "args": triton_args(spec),
+        "args": triton_args(key),
         "ports": [{"name": n, "containerPort": p, "protocol": "TCP"} for n, p in api.TRITON_PORTS.items()],
         "resources": _resources(spec["resources"]),
         # Model loading can take many minutes; the startup probe holds liveness off until then.
@@ -127,16 +154,12 @@ def triton_container(spec: Mapping[str, Any], config: OperatorConfig) -> dict[st
             {"name": "model-cache", "mountPath": MODEL_MOUNT, "readOnly": True},
             {"name": "dshm", "mountPath": "/dev/shm"},
         ],
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "runAsNonRoot": True,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": RESTRICTED_CONTAINER,
     }
 
 
-def deployment(llmd: Mapping[str, Any], replicas: int, config: OperatorConfig) -> Manifest:
+def deployment(llmd: Mapping[str, Any], replicas: int, config: OperatorConfig, key: str) -> Manifest:
+    """Triton serving the build `key`: the spec's build once it is in the cache, else the one running."""
     spec = llmd["spec"]
     name = llmd["metadata"]["name"]
     pod_spec: dict[str, Any] = {
@@ -149,9 +172,10 @@ def deployment(llmd: Mapping[str, Any], replicas: int, config: OperatorConfig) -
             "fsGroup": TRITON_UID,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "containers": [triton_container(spec, config)],
+        "initContainers": [model_check_container(key, config)],
+        "containers": [triton_container(spec, key, config)],
         "volumes": [
-            _model_cache_volume(config),
+            model_cache_volume(config, llmd["metadata"]["namespace"], read_only=True),
             {
                 "name": "dshm",
                 "emptyDir": {"medium": "Memory", "sizeLimit": str(spec["resources"]["shmSize"])},
@@ -168,7 +192,10 @@ def deployment(llmd: Mapping[str, Any], replicas: int, config: OperatorConfig) -
             "selector": {"matchLabels": selector_labels(name)},
             # Surge first, never drop below the current ready count while a new version rolls out.
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
-            "template": {"metadata": {"labels": common_labels(name)}, "spec": pod_spec},
+            "template": {
+                "metadata": {"labels": common_labels(name), "annotations": {api.ANNOTATION_BUILD_KEY: key}},
+                "spec": pod_spec,
+            },
         },
     }
 
@@ -182,10 +209,7 @@ def service(llmd: Mapping[str, Any]) -> Manifest:
         "spec": {
             "type": "ClusterIP",
             "selector": selector_labels(name),
-            "ports": [
-                {"name": n, "port": p, "targetPort": n, "protocol": "TCP"}
-                for n, p in api.TRITON_PORTS.items()
-            ],
+            "ports": [{"name": n, "port": p, "targetPort": n, "protocol": "TCP"} for n, p in api.TRITON_PORTS.items()],
         },
     }
 
@@ -224,10 +248,12 @@ def endpoints(llmd: Mapping[str, Any]) -> dict[str, str]:
 
 
 def children(
-    llmd: Mapping[str, Any], replicas: int, config: OperatorConfig, with_pod_monitor: bool
+    llmd: Mapping[str, Any], replicas: int, config: OperatorConfig, with_pod_monitor: bool, serving_key: str | None
 ) -> list[Manifest]:
-    """All children, in apply order."""
-    out = [service(llmd), pod_disruption_budget(llmd), deployment(llmd, replicas, config)]
+    """All children, in apply order; no Deployment until a build is there to serve."""
+    out = [service(llmd), pod_disruption_budget(llmd)]
+    if serving_key is not None:
+        out.append(deployment(llmd, replicas, config, serving_key))
     if with_pod_monitor:
         out.append(pod_monitor(llmd))
     return out

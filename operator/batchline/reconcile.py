@@ -15,10 +15,14 @@ from typing import Any, Protocol
 
 from kubernetes import client
 
-from batchline import api, feasibility, manifests, metrics
+from batchline import api, build_state, feasibility, manifests, metrics, model_cache
 from batchline.apply import Applier, applied_hash, with_hash
+from batchline.build_job import build_job
+from batchline.build_key import repository_key
+from batchline.build_state import BuildState
 from batchline.config import OperatorConfig
-from batchline.observed import DeploymentView, NodeView, Observed, PodView
+from batchline.model_cache import CacheEntry
+from batchline.observed import BuildPodView, DeploymentView, JobView, NodeView, Observed, PodView
 from batchline.scaling import ScaleView
 from batchline.status import Event, compute_status, status_changed, transition_events
 
@@ -34,6 +38,10 @@ class ClusterView(Protocol):
     def deployment(self, namespace: str, name: str) -> DeploymentView | None: ...
     def pods(self, namespace: str, name: str) -> Sequence[PodView]: ...
     def child_hash(self, namespace: str, name: str, kind: str) -> str | None: ...
+    def cache(self, namespace: str) -> Mapping[str, CacheEntry]: ...
+    def build_jobs(self, namespace: str, key: str) -> Sequence[JobView]: ...
+    def build_pods(self, namespace: str, key: str) -> Sequence[BuildPodView]: ...
+    def wanting(self, namespace: str, key: str) -> Sequence[Mapping[str, Any]]: ...
 
 
 @dataclass
@@ -47,6 +55,19 @@ class Writers:
     # (hash, monotonic time) of children applied recently, per (uid, kind): the watch that updates the
     # index lags the write by a moment, and a pass in that moment must not apply the same thing again.
     applied: dict[tuple[str, str], tuple[str, float]] = field(default_factory=dict)
+    core: client.CoreV1Api | None = None
+
+    def record_build(self, namespace: str, entry: CacheEntry, config: OperatorConfig) -> None:
+        """Adds a finished build to the namespace's cache catalogue (merging: other keys stay)."""
+        assert self.core is not None
+        catalogue = model_cache.catalogue(namespace, config)
+        patch = {"data": {entry.key: entry.to_data()}}
+        try:
+            self.core.patch_namespaced_config_map(catalogue["metadata"]["name"], namespace, patch)
+        except client.ApiException as err:
+            if err.status != 404:
+                raise
+            self.core.create_namespaced_config_map(namespace, {**catalogue, **patch})  # type: ignore[arg-type]
 
     def observed_status(self, llmd: Mapping[str, Any]) -> dict[str, Any]:
         """The status as of the newest of the body and our own last write."""
@@ -58,7 +79,8 @@ class Writers:
         return body_status
 
     def recently_applied(self, uid: str, manifest: manifests.Manifest) -> bool:
-        record = self.applied.get((uid, manifest["kind"]))
+        kind = manifest["kind"] if manifest["kind"] != "Job" else f"Job/{manifest['metadata']['name']}"
+        record = self.applied.get((uid, kind))
         return record is not None and record[0] == applied_hash(manifest) and time.monotonic() - record[1] < INDEX_LAG
 
     def forget(self, uid: str) -> None:
@@ -107,6 +129,56 @@ def _rollout_unobserved(deployment: DeploymentView | None, writers: Writers, uid
     )
 
 
+def _build(
+    llmd: Mapping[str, Any], view: ClusterView, writers: Writers, config: OperatorConfig, act: bool
+) -> tuple[BuildState, CacheEntry | None, int]:
+    """The build of the spec's key: its state, its catalogue entry, and the writes made to move it on."""
+    meta, spec = llmd["metadata"], llmd["spec"]
+    namespace, key = meta["namespace"], repository_key(spec)
+    entry = view.cache(namespace).get(key)
+    jobs = view.build_jobs(namespace, key)
+    pods = view.build_pods(namespace, key)
+    state = build_state.decide(key, entry, jobs, pods, time.time(), config.build_retry_seconds)
+    if not act:
+        return state, entry, 0
+    writes = 0
+    if state.record is not None and not writers.recently_applied(namespace, _record_marker(state.record)):
+        writers.record_build(namespace, state.record, config)
+        writers.applied[(namespace, f"Build/{key}")] = (applied_hash(_record_marker(state.record)), time.monotonic())
+        writes += 1
+        metrics.build_finished(namespace, meta["name"], succeeded=True, seconds=state.seconds or 0.0)
+        log.info("recorded build %s in the cache catalogue of %s", key, namespace)
+    attempt = state.start_attempt or (state.attempt if state.phase == build_state.BUILDING else None)
+    if attempt is not None:
+        job = with_hash(build_job(view.wanting(namespace, key) or [llmd], spec, key, attempt, config))
+        live = next((j.applied_hash for j in jobs if j.name == job["metadata"]["name"]), None)
+        if live != applied_hash(job) and not writers.recently_applied(namespace, job):
+            writers.applier.apply(job)
+            writers.applied[(namespace, f"Job/{job['metadata']['name']}")] = (applied_hash(job), time.monotonic())
+            writes += 1
+            if live is None:
+                metrics.build_started(namespace, meta["name"])
+            log.info("applied build Job %s/%s", namespace, job["metadata"]["name"])
+    if state.delete_job is not None and writers.applier.delete("batch/v1", "Job", namespace, state.delete_job):
+        writes += 1
+    return state, entry, writes
+
+
+def _record_marker(entry: CacheEntry) -> manifests.Manifest:
+    return with_hash({"kind": f"Build/{entry.key}", "metadata": {"name": entry.key}, "data": entry.to_data()})
+
+
+def merge_patch(current: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """`new` as a JSON merge patch over `current`: fields that `new` drops are set to null, or they would stay."""
+    patch: dict[str, Any] = dict(new)
+    for key, old in current.items():
+        if key not in new:
+            patch[key] = None
+        elif isinstance(old, Mapping) and isinstance(new[key], Mapping):
+            patch[key] = merge_patch(old, new[key])
+    return patch
+
+
 def now_rfc3339() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -127,10 +199,14 @@ def reconcile(
     problems = feasibility.check(spec, nodes)
     deployment = view.deployment(namespace, name)
     desired = desired_replicas(spec, deployment, scale)
-    writes = 0
+    blocked = any(p.blocking for p in problems)
+    build, entry, writes = _build(llmd, view, writers, config, act=not blocked)
+    # A new build replaces the served one only when it is ready: until then the old pods keep serving.
+    serving_key = build.key if build.phase == build_state.READY else deployment.model_key if deployment else None
     deployment_written = unseen = False
-    if not any(p.blocking for p in problems):
-        for child in stale_children(manifests.children(llmd, desired, config, with_pod_monitor), view):
+    if not blocked:
+        kids = manifests.children(llmd, desired, config, with_pod_monitor, serving_key)
+        for child in stale_children(kids, view):
             if writers.recently_applied(meta["uid"], child):
                 unseen = True  # applied, but its watch event has not reached the index yet
                 continue
@@ -145,11 +221,15 @@ def reconcile(
         return writes
     observed = Observed(deployment=deployment, pods=tuple(view.pods(namespace, name)), nodes=tuple(nodes))
     current = writers.observed_status(llmd)
-    new = compute_status({**llmd, "status": current}, observed, problems, desired, now_rfc3339(), scale)
+    new = compute_status(
+        {**llmd, "status": current}, observed, problems, desired, now_rfc3339(), scale, build.status(entry), serving_key
+    )
     metrics.record_replicas(namespace, name, desired, new["replicas"], new["readyReplicas"])
+    if new["build"]["phase"] == build_state.FAILED and (current.get("build") or {}).get("phase") != build_state.FAILED:
+        metrics.build_finished(namespace, name, succeeded=False, seconds=build.seconds or 0.0)
     if status_changed(current, new):
         result: dict[str, Any] = writers.custom.patch_namespaced_custom_object_status(  # type: ignore[assignment]
-            api.GROUP, api.VERSION, namespace, api.PLURAL, name, {"status": new}
+            api.GROUP, api.VERSION, namespace, api.PLURAL, name, {"status": merge_patch(current, new)}
         )
         writers.written_status[meta["uid"]] = (_revision(result["metadata"]), new)
         writes += 1

@@ -18,7 +18,7 @@ from batchline.observed import Observed
 from batchline.scaling import ScaleView
 
 TRUE, FALSE, UNKNOWN = "True", "False", "Unknown"
-CONDITION_ORDER = ("Ready", "Schedulable", "Progressing", "Degraded", "ScalingActive")
+CONDITION_ORDER = ("Ready", "ModelReady", "Schedulable", "Progressing", "Degraded", "ScalingActive")
 _METRIC_REASONS = {
     Status.PROMETHEUS_DOWN: "PrometheusUnavailable",
     Status.NO_DATA: "NoMetrics",
@@ -65,11 +65,30 @@ def _scaling_condition(spec: Mapping[str, Any], scale: ScaleView | None, desired
     )
 
 
+def _model_condition(build: Mapping[str, Any], serving_key: str | None) -> dict[str, Any]:
+    if build["phase"] == "Ready":
+        return _cond("ModelReady", TRUE, "Built", build["message"])
+    reason = "BuildFailed" if build["phase"] == "Failed" else "Building"
+    if serving_key is not None:
+        message = f"{build['message']} Pods keep serving build {serving_key} until then."
+        return _cond("ModelReady", FALSE, reason, message)
+    return _cond("ModelReady", FALSE, reason, build["message"])
+
+
 def _conditions(
-    spec: Mapping[str, Any], observed: Observed, problems: Sequence[Problem], desired: int, scale: ScaleView | None
+    spec: Mapping[str, Any],
+    observed: Observed,
+    problems: Sequence[Problem],
+    desired: int,
+    scale: ScaleView | None,
+    build: Mapping[str, Any],
+    serving_key: str | None,
 ) -> list[dict[str, Any]]:
     dep = observed.deployment
     blocking = [p for p in problems if p.blocking]
+    model = _model_condition(build, serving_key)
+    if blocking and build["phase"] != "Ready":
+        model = _cond("ModelReady", FALSE, blocking[0].reason, blocking[0].message)
     advisory = [p for p in problems if not p.blocking]
     ready_replicas = dep.ready_replicas if dep else 0
     gpus = _gpu_status(spec, observed, desired)
@@ -92,7 +111,9 @@ def _conditions(
     else:
         schedulable = _cond("Schedulable", TRUE, "Schedulable", "All replicas can be placed on matching nodes.")
 
-    if blocking or dep is None:
+    if not blocking and model["reason"] == "Building":
+        progressing = _cond("Progressing", TRUE, "Building", model["message"])
+    elif blocking or dep is None:
         progressing = _cond("Progressing", FALSE, "NotDeployed", "No Triton Deployment exists yet.")
     elif not dep.rolled_out:
         progressing = _cond(
@@ -106,6 +127,8 @@ def _conditions(
 
     if blocking:
         degraded = _cond("Degraded", TRUE, blocking[0].reason, blocking[0].message)
+    elif model["reason"] == "BuildFailed":
+        degraded = _cond("Degraded", TRUE, "BuildFailed", model["message"])
     elif schedulable["status"] == FALSE:
         degraded = _cond("Degraded", TRUE, schedulable["reason"], schedulable["message"])
     else:
@@ -113,6 +136,8 @@ def _conditions(
 
     if blocking:
         ready = _cond("Ready", FALSE, blocking[0].reason, blocking[0].message)
+    elif dep is None and serving_key is None:
+        ready = _cond("Ready", FALSE, model["reason"], model["message"])
     elif desired == 0:
         ready = _cond("Ready", TRUE, "ScaledToZero", "Scaled to zero replicas; the first request scales up.")
     elif ready_replicas >= 1:
@@ -122,7 +147,7 @@ def _conditions(
     else:
         ready = _cond("Ready", FALSE, "ReplicasStarting", f"0 of {desired} replicas are ready yet.")
     scaling = _scaling_condition(spec, scale, desired)
-    by_type = {c["type"]: c for c in (ready, schedulable, progressing, degraded, scaling)}
+    by_type = {c["type"]: c for c in (ready, model, schedulable, progressing, degraded, scaling)}
     return [by_type[t] for t in CONDITION_ORDER]
 
 
@@ -164,7 +189,9 @@ def compute_status(
     problems: Sequence[Problem],
     desired: int,
     now: str,
-    scale: ScaleView | None = None,
+    scale: ScaleView | None,
+    build: Mapping[str, Any],
+    serving_key: str | None,
 ) -> dict[str, Any]:
     """The whole status to write; status.autoscaling comes from the autoscaler's last decision."""
     spec = llmd["spec"]
@@ -181,8 +208,12 @@ def compute_status(
         "endpoints": endpoints(llmd),
         "gpus": _gpu_status(spec, observed, desired),
         "conditions": _stamp(
-            _conditions(spec, observed, problems, desired, scale), current.get("conditions") or [], generation, now
+            _conditions(spec, observed, problems, desired, scale, build, serving_key),
+            current.get("conditions") or [],
+            generation,
+            now,
         ),
+        "build": {**build, **({"servingKey": serving_key} if serving_key else {})},
     }
     if scale is not None:
         status["autoscaling"] = _autoscaling(scale, observed)
@@ -195,7 +226,9 @@ def status_changed(current: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
     return any(current.get(k) != v for k, v in new.items())
 
 
-_BAD = {("Ready", FALSE), ("Schedulable", FALSE), ("Degraded", TRUE), ("ScalingActive", FALSE)}
+_NEWS = ("Ready", "ModelReady", "Schedulable", "Degraded", "ScalingActive")
+_BAD = {("Ready", FALSE), ("Schedulable", FALSE), ("Degraded", TRUE), ("ScalingActive", FALSE), ("ModelReady", FALSE)}
+_PROGRESS = {"Building"}  # not ready yet, and on its way: news, not a warning
 _CHOICES = {"AutoscalingDisabled"}  # what the user asked for, not news
 _QUIET_START = {("Schedulable", TRUE), ("Degraded", FALSE), ("ScalingActive", TRUE), ("ScalingActive", UNKNOWN)}
 
@@ -206,12 +239,13 @@ def transition_events(old: Sequence[Mapping[str, Any]], new: Sequence[Mapping[st
     events: list[Event] = []
     for cond in new:
         key = (cond["status"], cond["reason"])
-        if cond["type"] in ("Ready", "Schedulable", "Degraded", "ScalingActive") and previous.get(cond["type"]) != key:
+        if cond["type"] in _NEWS and previous.get(cond["type"]) != key:
             if previous.get(cond["type"]) is None and (cond["type"], cond["status"]) in _QUIET_START:
                 continue
             if cond["reason"] in _CHOICES:
                 continue
-            kind = "Warning" if (cond["type"], cond["status"]) in _BAD else "Normal"
+            bad = (cond["type"], cond["status"]) in _BAD and cond["reason"] not in _PROGRESS
+            kind = "Warning" if bad else "Normal"
             if any(e.reason == cond["reason"] for e in events):
                 continue
             events.append(Event(kind, cond["reason"], f"{cond['type']}={cond['status']}: {cond['message']}"))

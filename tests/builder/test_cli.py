@@ -25,14 +25,21 @@ def test_build_command_writes_a_repository_and_reuses_it(
     assert '"dequantize_at_load"' in config
     report = json.loads(Path(summary["path"], "build-report.json").read_text())
     assert report["options"]["sparsity"] == 0.25 and report["pruning"]["served_zero_fraction"] >= 0.25
-    assert main(args) == 0
+    log = tmp_path / "termination-log"
+    assert main([*args, "--alias", "spec-key", f"--termination-log={log}"]) == 0
     assert json.loads(capsys.readouterr().out)["reused"]
+    message = json.loads(log.read_text())  # what the operator reads from the builder pod
+    assert message["reused"] and message["alias"] == "spec-key" and message["key"] == summary["key"]
+    assert message["compressionRatio"] > 1 and "top1Agreement" in message["quality"]
+    assert (tmp_path / "spec-key" / "repository" / "tiny" / "config.pbtxt").is_file()
 
 
 @pytest.mark.torch
 def test_build_command_reports_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["build", str(tmp_path / "missing"), str(tmp_path / "out")]) == 2
+    log = tmp_path / "termination-log"
+    assert main(["build", str(tmp_path / "missing"), str(tmp_path / "out"), f"--termination-log={log}"]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert "does not exist" in log.read_text()  # the builder pod's termination message: status shows it
     assert main(["build", str(tmp_path), str(tmp_path / "out"), "--group-size", "48"]) == 2
     assert "group_size" in capsys.readouterr().err
 

@@ -58,10 +58,27 @@ def test_status_from_the_operator_maps_to_healthy() -> None:
             "spec": defaulted({"model": {"source": "hf://org/model"}})}
     dep = DeploymentView(spec_replicas=1, replicas=1, ready_replicas=1, updated_replicas=1,
                          observed_generation=1, generation=1, applied_hash=None)
-    llmd["status"] = compute_status(llmd, Observed(deployment=dep, pods=(), nodes=()), [], 1, "2026-11-20T09:14:02Z")
+    built = {"key": "k1", "phase": "Ready", "message": "Build k1 is in the model cache."}
+    observed = Observed(deployment=dep, pods=(), nodes=())
+    llmd["status"] = compute_status(llmd, observed, [], 1, "2026-11-20T09:14:02Z", None, built, "k1")
     assert health(llmd)["status"] == "Healthy"
     llmd["metadata"]["generation"] = 4
     assert health(llmd)["status"] == "Progressing"
+
+
+@pytest.mark.parametrize(("phase", "expected"), [("Building", "Progressing"), ("Failed", "Degraded")])
+def test_a_build_from_the_operator_maps_to_argo_health(phase: str, expected: str) -> None:
+    """Argo CD shows a first build as Progressing, not stuck, and a failed build as Degraded with its cause."""
+    from batchline.observed import Observed
+    from batchline.status import compute_status
+    from tests.crd_schema import defaulted
+
+    llmd = {"metadata": {"name": "chat", "namespace": "llm", "generation": 1, "uid": "u"},
+            "spec": defaulted({"model": {"source": "hf://org/model"}})}
+    build = {"key": "k1", "phase": phase, "message": "Build k1: checkpoint has no weights."}
+    llmd["status"] = compute_status(llmd, Observed(None, (), ()), [], 1, "2026-11-20T09:14:02Z", None, build, None)
+    result = health(llmd)
+    assert result["status"] == expected and "checkpoint has no weights" in result["message"]
 
 
 def test_shipped_copies_are_identical() -> None:

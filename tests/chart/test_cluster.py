@@ -31,6 +31,7 @@ import yaml
 from kubernetes import client, config
 
 from batchline import api
+from batchline.build_job import build_job
 from batchline.config import OperatorConfig
 from batchline.local import audit
 from batchline.local.operator_process import OperatorProcess
@@ -38,11 +39,11 @@ from batchline.local.process import free_ports
 from batchline.manifests import children
 from tests.chart.chart import CHART, REPO, VALUE_SETS, Manifest, container, helm, of_kind, render
 from tests.crd_schema import defaulted
-from tests.integration.conftest import kubectl, wait_for
+from tests.integration.conftest import TINY_CHECKPOINT, kubectl, wait_for
 
 pytestmark = pytest.mark.cluster
 
-SOURCE = "hf://HuggingFaceTB/SmolLM2-135M-Instruct@main"
+SOURCE = str(TINY_CHECKPOINT)  # built for real by a build Job on the process node
 GPU_TOLERATION = '[{"key":"nvidia.com/gpu","operator":"Exists","effect":"NoSchedule"}]'
 RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/warn": "restricted"}
 NO_OPERATOR_CRDS = {"ServiceMonitor", "PodMonitor"}  # the local control plane has no Prometheus Operator
@@ -52,10 +53,12 @@ KOPF_READS = {("apiextensions.k8s.io", "customresourcedefinitions"), ("", "names
               ("kopf.dev", "kopfpeerings"), ("kopf.dev", "clusterkopfpeerings")}
 # The kinds the operator server-side applies (manifests.children), as (apiGroup, resource).
 APPLIED = {("", "services"), ("policy", "poddisruptionbudgets"), ("apps", "deployments"),
-           ("monitoring.coreos.com", "podmonitors")}
-# Granted but not exercisable here: the operator applies PodMonitors only where their CRD exists.
+           ("monitoring.coreos.com", "podmonitors"), ("batch", "jobs")}
+# Granted but not exercisable here: the operator applies PodMonitors only where their CRD exists, and
+# deletes a build Job only to replace a failed attempt (tests/integration/test_builds.py covers that).
 UNEXERCISED_KINDS = {("monitoring.coreos.com", "podmonitors")}
-UNEXERCISED = {(*kind, verb) for kind in UNEXERCISED_KINDS for verb in ("create", "patch")}
+UNEXERCISED = {(*kind, verb) for kind in UNEXERCISED_KINDS for verb in ("create", "patch")} | {
+    ("batch", "jobs", "delete")}
 Grant = tuple[str, str, str]  # (apiGroup, resource, verb)
 
 
@@ -73,8 +76,11 @@ def chart_crds(cluster: Any) -> None:
     rolls back the CRD that other tests in the shared control plane use."""
     kubectl(cluster.kubeconfig, "apply", "--server-side", "-f", str(REPO / "crds"),
             "-f", str(CHART / "crds" / "kopf-peering.yaml"))
+    established = 'jsonpath={.status.conditions[?(@.type=="Established")].status}'
     for plural in ("kopfpeerings.kopf.dev", "clusterkopfpeerings.kopf.dev", f"{api.PLURAL}.{api.GROUP}"):
-        kubectl(cluster.kubeconfig, "wait", "--for=condition=Established", "--timeout=60s", f"crd/{plural}")
+        # Polled rather than `kubectl wait`: a just-started API server on a loaded machine can take minutes.
+        wait_for(lambda plural=plural: kubectl(cluster.kubeconfig, "get", f"crd/{plural}", "-o", established,
+                                               check=False).stdout == "True", timeout=240, what=f"{plural} Established")
     # kopf finds the peering kinds through API discovery at startup, which lags Established a little;
     # an operator started in that moment would wait for its (mandatory) peering object forever.
     wait_for(lambda: "kopfpeerings" in kubectl(cluster.kubeconfig, "api-resources", "--api-group=kopf.dev",
@@ -223,13 +229,14 @@ def _deployment_replicas(cluster: Any, namespace: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def cycle(cluster: Any, chart_crds: None, namespaces: tuple[str, str],
+def cycle(cluster: Any, chart_crds: None, namespaces: tuple[str, str], tiny_checkpoint: Path,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cycle]:
     """Install in namespaces mode with peering, run two replicas as the chart's ServiceAccount, and drive
     one LLMDeployment through create, update, scale, failover, scale down and delete."""
     ops, watched = namespaces
     release = "blt"
-    sets = ["operator.watch.mode=namespaces", f"operator.watch.namespaces[0]={watched}"]
+    sets = ["operator.watch.mode=namespaces", f"operator.watch.namespaces[0]={watched}",
+            "builder.cpu=500m", "builder.memory=2Gi", "builder.backoffLimit=0"]
     manifests = _install(cluster, release, ops, sets)
     volume = _bind_model_cache(cluster, watched)
     tmp = tmp_path_factory.mktemp("chart-operator")
@@ -344,9 +351,11 @@ def test_chart_grants_only_what_the_operator_uses(cycle: Cycle) -> None:
 def test_applied_kinds_are_the_operators_children() -> None:
     llmd = {"metadata": {"name": "chat", "namespace": "ns", "uid": "u"},
             "spec": defaulted({"model": {"source": SOURCE}})}
-    kinds = {(m["apiVersion"].rpartition("/")[0], m["kind"]) for m in children(llmd, 1, OperatorConfig(), True)}
+    manifests = [*children(llmd, 1, OperatorConfig(), True, "key"), build_job([llmd], llmd["spec"], "key", 1,
+                                                                              OperatorConfig())]
+    kinds = {(m["apiVersion"].rpartition("/")[0], m["kind"]) for m in manifests}
     assert kinds == {("", "Service"), ("policy", "PodDisruptionBudget"), ("apps", "Deployment"),
-                     ("monitoring.coreos.com", "PodMonitor")}
+                     ("monitoring.coreos.com", "PodMonitor"), ("batch", "Job")}
     assert {(g, f"{k.lower()}s") for g, k in kinds} == APPLIED
 
 

@@ -150,11 +150,15 @@ def _rules(manifest: Manifest) -> set[tuple[str, str, str]]:
             for v in rule["verbs"]}
 
 
-def test_rbac_cluster_mode_has_no_wildcards_secrets_or_deletes() -> None:
+def test_rbac_cluster_mode_has_no_wildcards_secrets_or_deletes_beyond_build_jobs() -> None:
     [role] = of_kind(render(), "ClusterRole")
     granted = _rules(role)
     assert not [g for g in granted if "*" in g]
-    assert not [g for g in granted if g[1] in ("secrets", "configmaps") or g[2] in ("delete", "deletecollection")]
+    assert not [g for g in granted if g[1] == "secrets"]
+    assert [g for g in granted if g[2] in ("delete", "deletecollection")] == [("batch", "jobs", "delete")]
+    # ConfigMaps: the operator patches only the model-cache catalogue.
+    [patch] = [r for r in role["rules"] if r["resources"] == ["configmaps"] and "patch" in r["verbs"]]
+    assert patch["resourceNames"] == ["batchline-model-cache"] and patch["verbs"] == ["patch"]
     peering_patch = [r for r in role["rules"] if "patch" in r["verbs"] and r["resources"] == ["clusterkopfpeerings"]]
     assert [r["resourceNames"] for r in peering_patch] == [["bl-batchline"]]
 

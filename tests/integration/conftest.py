@@ -14,9 +14,20 @@ from kubernetes import client, config
 
 from batchline import api
 from batchline.local.operator_process import OperatorProcess
+from tests.conftest import TINY_CHECKPOINT as TINY_CHECKPOINT
 
 REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "crds" / "llmdeployment.yaml"
+# What the test operator runs with (besides the cache folder): small builds, quick retries, and a
+# cache budget of 0 so that every build no LLMDeployment uses is collected at once.
+OPERATOR_ENV = {
+    "BATCHLINE_RESYNC_SECONDS": "3",
+    "BATCHLINE_BUILD_CPU": "500m",
+    "BATCHLINE_BUILD_MEMORY": "2Gi",
+    "BATCHLINE_BUILD_BACKOFF_LIMIT": "0",
+    "BATCHLINE_BUILD_RETRY_SECONDS": "20",
+    "BATCHLINE_MODEL_CACHE_BUDGET": "0",
+}
 
 
 def kubectl(
@@ -59,12 +70,19 @@ def crd(cluster: Any) -> Path:
 
 
 @pytest.fixture(scope="session")
-def operator(cluster: Any, crd: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    cache = tmp_path_factory.mktemp("model-cache")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The local-mode cache root: the operator gives each namespace a folder below it."""
+    return tmp_path_factory.mktemp("model-cache")
+
+
+@pytest.fixture(scope="session")
+def operator(
+    cluster: Any, crd: Path, tiny_checkpoint: Path, model_cache: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
     proc = OperatorProcess(
         Path(cluster.operator_kubeconfig),
         tmp_path_factory.mktemp("operator") / "operator.log",
-        env={"BATCHLINE_RESYNC_SECONDS": "3", "BATCHLINE_MODEL_CACHE_HOST_PATH": str(cache)},
+        env={**OPERATOR_ENV, "BATCHLINE_MODEL_CACHE_HOST_PATH": str(model_cache)},
     )
     proc.start()
     proc.wait_for_log("Activity 'startup' succeeded")

@@ -19,7 +19,7 @@ from kubernetes import client
 from batchline.local.operator_process import OperatorProcess
 from batchline.local.prometheus import PrometheusServer, ScrapeTarget
 from model_repo_builder.triton_server import TritonServer
-from tests.integration.conftest import LLMDs, wait_for
+from tests.integration.conftest import OPERATOR_ENV, LLMDs, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.triton, pytest.mark.prometheus]
 
@@ -113,6 +113,7 @@ def test_scales_up_under_load_down_when_idle_and_holds_without_prometheus(
     namespace: str,
     llmds: LLMDs,
     triton: TritonServer,
+    tiny_checkpoint: Path,
     tmp_path: Path,
 ) -> None:
     labels = {"namespace": namespace, "batchline_dev_llmdeployment": "chat"}
@@ -121,6 +122,7 @@ def test_scales_up_under_load_down_when_idle_and_holds_without_prometheus(
         Path(cluster.operator_kubeconfig),
         tmp_path / "operator.log",
         env={
+            **OPERATOR_ENV,
             "BATCHLINE_PROMETHEUS_URL": prometheus.url,
             "BATCHLINE_AUTOSCALE_TICK_SECONDS": str(TICK),
             "BATCHLINE_RESYNC_SECONDS": "5",
@@ -134,7 +136,9 @@ def test_scales_up_under_load_down_when_idle_and_holds_without_prometheus(
             "labels": {"app.kubernetes.io/instance": "chat-prod"},
             "annotations": {"argocd.argoproj.io/tracking-id": "prod:batchline.dev/LLMDeployment:default/chat"},
         }
-        created = llmds.create("chat", {"model": {"source": "hf://org/chat"}, "autoscaling": AUTOSCALING}, **gitops)
+        spec = {"model": {"source": str(tiny_checkpoint)}, "autoscaling": AUTOSCALING}
+        created = llmds.create("chat", spec, **gitops)
+        wait_for(lambda: _replicas(kube, namespace, "chat"), timeout=150, what="the build, then the Deployment")
         wait_for(
             lambda: llmds.condition("chat", "ScalingActive").get("status") == "True",
             timeout=60,

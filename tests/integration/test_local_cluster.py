@@ -137,6 +137,20 @@ def test_job_pods_complete(cluster: LocalCluster, namespace: str) -> None:
     wait_until(lambda: api.get(f"{jobs}/once")["status"].get("succeeded") == 1, "the job to succeed")
 
 
+def test_process_node_is_ready_untainted_and_renews_its_lease(cluster: LocalCluster) -> None:
+    api = cluster.api()
+    node = api.get("/api/v1/nodes/process-node-0")
+    assert is_ready(node) and not node["spec"].get("taints")
+    labels = node["metadata"]["labels"]
+    assert labels["batchline.dev/node-runner"] == labels["batchline.dev/local-node"] == "process"
+    assert labels["kubernetes.io/hostname"] == "process-node-0" and labels["kubernetes.io/os"] == "linux"
+    assert "kwok.x-k8s.io/node" not in node["metadata"].get("annotations", {})
+    assert GPU_RESOURCE not in node["status"]["allocatable"] and node["status"]["allocatable"]["pods"] == "32"
+    lease = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/process-node-0"
+    renewed = api.get(lease)["spec"]["renewTime"]
+    wait_until(lambda: api.get(lease)["spec"]["renewTime"] != renewed, "a lease renewal", timeout=15)
+
+
 def test_audit_log_attributes_writes_to_the_operator(cluster: LocalCluster, namespace: str) -> None:
     operator = cluster.api("operator")
     since = time.time()
@@ -145,13 +159,19 @@ def test_audit_log_attributes_writes_to_the_operator(cluster: LocalCluster, name
     operator.get(f"{configmaps}/probe")
     operator.get(configmaps)
 
-    wait_until(lambda: count_writes(cluster.state_dir, OPERATOR_USER, since=since), "the audit event", timeout=5)
+
+    def here(resource: str | None = None) -> list[dict[str, Any]]:
+        # An operator from another test may still write elsewhere as the same user: count this namespace.
+        events = write_events(cluster.state_dir, OPERATOR_USER, since=since, resource=resource)
+        return [e for e in events if e["objectRef"].get("namespace") == namespace]
+
+    wait_until(lambda: here(), "the audit event", timeout=5)
     time.sleep(0.5)  # give a wrongly logged read the chance to show up
-    assert count_writes(cluster.state_dir, OPERATOR_USER, since=since) == 1
-    assert count_writes(cluster.state_dir, OPERATOR_USER, since=since, resource="configmaps") == 1
-    assert count_writes(cluster.state_dir, OPERATOR_USER, since=since, resource="pods") == 0
+    assert len(here()) == 1
+    assert len(here("configmaps")) == 1
+    assert len(here("pods")) == 0
     assert count_writes(cluster.state_dir, OPERATOR_USER, since=time.time()) == 0
-    [event] = write_events(cluster.state_dir, OPERATOR_USER, since=since)
+    [event] = here()
     assert (event["verb"], event["objectRef"]["name"]) == ("create", "probe")
 
 
@@ -188,20 +208,38 @@ def test_local_up_again_is_fast_and_keeps_the_processes(cluster: LocalCluster) -
 def test_status_reports_components_nodes_and_gpus(cluster: LocalCluster) -> None:
     status = cluster.status()
     assert status["up"] and cluster.is_up()
-    assert set(status["components"]) == {"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"}
+    assert set(status["components"]) == {
+        "etcd",
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "kwok",
+        "process-node-0",
+    }
     assert all(c["healthy"] for c in status["components"].values())
     assert status["gpu_allocatable"] >= 16
+    runners = {n["name"]: n["runner"] for n in status["nodes"]}
+    assert runners["gpu-node-0"] == runners["gpu-node-1"] == "kwok" and runners["process-node-0"] == "process"
     result = batchline_local("status", "--name", cluster.name, "--state-dir", str(cluster.state_dir))
     assert result.returncode == 0, result.stderr
     assert "gpu-node-1" in result.stdout and "nvidia.com/gpu allocatable: 16" in result.stdout
+    assert "pods run as local processes" in result.stdout
 
 
 def test_up_with_options_then_down_removes_everything(tmp_path: Path) -> None:
     throwaway = LocalCluster("pytest-down", tmp_path / "cluster")
     try:
-        throwaway.up(nodes=1, gpus_per_node=4, gpu_product="NVIDIA-A100-SXM4-40GB")
-        [node] = throwaway.status()["nodes"]
-        assert (node["gpus"], node["gpu_product"]) == (4, "NVIDIA-A100-SXM4-40GB")
+        throwaway.up(nodes=1, gpus_per_node=4, gpu_product="NVIDIA-A100-SXM4-40GB", process_nodes=2)
+        [gpu_node] = [n for n in throwaway.status()["nodes"] if n["gpus"]]
+        assert (gpu_node["gpus"], gpu_node["gpu_product"]) == (4, "NVIDIA-A100-SXM4-40GB")
+        assert sorted(n["name"] for n in throwaway.status()["nodes"] if n["runner"] == "process") == [
+            "process-node-0",
+            "process-node-1",
+        ]
+        retired = throwaway.status()["components"]["process-node-1"]["pid"]
+        throwaway.up(nodes=1, gpus_per_node=4, gpu_product="NVIDIA-A100-SXM4-40GB", process_nodes=1)
+        assert {n["name"] for n in throwaway.status()["nodes"]} == {"gpu-node-0", "process-node-0"}
+        assert not process.alive(retired)
         pids = [c["pid"] for c in throwaway.status()["components"].values()]
     finally:
         result = batchline_local("down", "--name", "pytest-down", "--state-dir", str(throwaway.state_dir))

@@ -46,7 +46,7 @@ def test_printer_columns_cover_what_users_scan() -> None:
     assert {"Model", "Quant", "Replicas", "P95(ms)", "Ready", "Age"} <= set(cols)
     assert cols["Ready"]["jsonPath"] == '.status.conditions[?(@.type=="Ready")].status'
     default_view = [c["name"] for c in cols.values() if not c.get("priority")]
-    assert default_view == ["Model", "Quant", "Replicas", "P95(ms)", "Ready", "Age"]
+    assert default_view == ["Model", "Quant", "Replicas", "P95(ms)", "Ready", "Build", "Age"]
 
 
 def test_defaults_fill_a_minimal_spec() -> None:

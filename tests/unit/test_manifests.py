@@ -10,15 +10,18 @@ from tests.crd_schema import llmd
 CFG = OperatorConfig()
 
 
+KEY = "0123456789abcdef"
+
+
 def _pod(obj: dict) -> dict:
-    return manifests.deployment(obj, 2, CFG)["spec"]["template"]["spec"]
+    return manifests.deployment(obj, 2, CFG, KEY)["spec"]["template"]["spec"]
 
 
 def test_triton_container_args_ports_and_probes() -> None:
     obj = llmd()
     c = _pod(obj)["containers"][0]
     assert c["image"] == CFG.python_image
-    assert f"--model-repository=/models/{repository_key(obj['spec'])}/model_repository" in c["args"]
+    assert f"--model-repository=/models/{KEY}/repository" in c["args"]
     assert "--strict-readiness=true" in c["args"]
     assert "--metrics-config=summary_latencies=true" in c["args"]
     assert [(p["name"], p["containerPort"]) for p in c["ports"]] == [("http", 8000), ("grpc", 8001), ("metrics", 8002)]
@@ -56,7 +59,7 @@ def test_restricted_pod_security_and_shm() -> None:
 
 def test_every_child_is_owned_and_labelled() -> None:
     obj = llmd(name="chat")
-    kids = manifests.children(obj, 1, CFG, with_pod_monitor=True)
+    kids = manifests.children(obj, 1, CFG, with_pod_monitor=True, serving_key=KEY)
     assert [k["kind"] for k in kids] == ["Service", "PodDisruptionBudget", "Deployment", "PodMonitor"]
     for kid in kids:
         ref = kid["metadata"]["ownerReferences"][0]
@@ -69,7 +72,7 @@ def test_every_child_is_owned_and_labelled() -> None:
             "blockOwnerDeletion": True,
         }
         assert kid["metadata"]["labels"][api.LABEL_LLMD] == "chat"
-    assert [k["kind"] for k in manifests.children(obj, 1, CFG, with_pod_monitor=False)] == [
+    assert [k["kind"] for k in manifests.children(obj, 1, CFG, with_pod_monitor=False, serving_key=KEY)] == [
         "Service",
         "PodDisruptionBudget",
         "Deployment",
@@ -77,7 +80,7 @@ def test_every_child_is_owned_and_labelled() -> None:
 
 
 def test_rollout_never_drops_ready_capacity() -> None:
-    dep = manifests.deployment(llmd(), 3, CFG)
+    dep = manifests.deployment(llmd(), 3, CFG, KEY)
     assert dep["spec"]["replicas"] == 3
     assert dep["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
 
@@ -92,7 +95,8 @@ def test_vllm_backend_gets_vllm_image_and_custom_image_wins() -> None:
 def test_repository_key_changes_only_with_build_inputs() -> None:
     base = llmd()["spec"]
     assert repository_key(base) == repository_key(llmd(autoscaling={"maxReplicas": 9})["spec"])
-    assert repository_key(base) == repository_key(llmd(quantization={"qualityGate": {"minTop1Agreement": 0.5}})["spec"])
+    assert repository_key(base) == repository_key(llmd(name="other")["spec"])  # shared across LLMDeployments
+    assert repository_key(base) != repository_key(llmd(quantization={"qualityGate": {"minTop1Agreement": 0.5}})["spec"])
     assert repository_key(base) != repository_key(llmd(quantization={"mode": "int8-weight-only"})["spec"])
     assert repository_key(base) != repository_key(llmd(serving={"maxBatchSize": 16})["spec"])
 
@@ -101,7 +105,23 @@ def test_model_cache_is_the_pvc_unless_local_mode_names_a_host_folder() -> None:
     volumes = {v["name"]: v for v in _pod(llmd())["volumes"]}
     assert volumes["model-cache"]["persistentVolumeClaim"] == {"claimName": "batchline-model-cache", "readOnly": True}
     local = OperatorConfig(model_cache_host_path="/var/cache/batchline")
-    pod = manifests.deployment(llmd(), 1, local)["spec"]["template"]["spec"]
+    pod = manifests.deployment(llmd(), 1, local, KEY)["spec"]["template"]["spec"]
     volumes = {v["name"]: v for v in pod["volumes"]}
-    assert volumes["model-cache"]["hostPath"]["path"] == "/var/cache/batchline"
+    assert volumes["model-cache"]["hostPath"]["path"] == "/var/cache/batchline/team-a"  # one cache per namespace
     assert {"name": "model-cache", "mountPath": "/models", "readOnly": True} in pod["containers"][0]["volumeMounts"]
+
+
+def test_no_deployment_until_a_build_is_there_to_serve() -> None:
+    kinds = [k["kind"] for k in manifests.children(llmd(), 1, CFG, with_pod_monitor=False, serving_key=None)]
+    assert kinds == ["Service", "PodDisruptionBudget"]
+
+
+def test_triton_starts_only_after_the_init_step_checks_the_build() -> None:
+    pod = _pod(llmd())
+    check = pod["initContainers"][0]
+    assert check["args"][:3] == ["cache", "check", f"/models/{KEY}"]
+    assert check["image"] == CFG.builder_image
+    assert {"name": "model-cache", "mountPath": "/models", "readOnly": True} in check["volumeMounts"]
+    assert check["securityContext"]["runAsNonRoot"] is True
+    template = manifests.deployment(llmd(), 1, CFG, KEY)["spec"]["template"]
+    assert template["metadata"]["annotations"][api.ANNOTATION_BUILD_KEY] == KEY

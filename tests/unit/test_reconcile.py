@@ -10,19 +10,47 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from batchline.apply import applied_hash
+from batchline.build_key import repository_key
 from batchline.config import OperatorConfig
-from batchline.observed import DeploymentView, NodeView, PodView
+from batchline.model_cache import CacheEntry
+from batchline.observed import BuildPodView, DeploymentView, JobView, NodeView, PodView
 from batchline.reconcile import Writers, desired_replicas, reconcile
 from batchline.status import Event
 from tests.crd_schema import llmd
 
 NODES = [NodeView("gpu-0", {"nvidia.com/gpu.product": "H100"}, 8)]
+CFG = OperatorConfig()
+SUMMARY = '{"key":"c1","sizeBytes":136000000,"fp32Bytes":538000000,"compressionRatio":3.96,"buildSeconds":80,'
+SUMMARY += '"mode":"int8-weight-only","quality":{"perplexityIncrease":0.0067,"top1Agreement":0.974,"passed":true}}'
+
+
+def _merged(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    out = dict(target)
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+class AllBuilt(dict):
+    """A cache catalogue that holds every key: for tests about the children, not the build."""
+
+    def get(self, key: str, default: Any = None) -> CacheEntry:
+        return CacheEntry(key, "2026-11-22T10:00:00Z", {"key": "content", "sizeBytes": 10})
 
 
 class FakeCluster:
-    """Acts as the cluster view, the applier and the status writer at once."""
+    """Acts as the cluster view, the applier, the status writer and the catalogue writer at once."""
 
-    def __init__(self) -> None:
+    def __init__(self, built: bool = True) -> None:
+        self.catalogue: dict[str, CacheEntry] = AllBuilt() if built else {}
+        self.jobs: dict[str, tuple[dict[str, Any], JobView]] = {}
+        self.builder_pods: list[BuildPodView] = []
+        self.deleted: list[str] = []
         self.hashes: dict[tuple[str, str, str], str] = {}
         self.status: dict[str, Any] = {}
         self.writes: list[str] = []
@@ -35,7 +63,35 @@ class FakeCluster:
 
     def deployment(self, namespace: str, name: str) -> DeploymentView | None:
         h = self.hashes.get((namespace, name, "Deployment"))
-        return DeploymentView(1, 1, 1, 1, 1, 1, h) if h else None
+        return DeploymentView(1, 1, 1, 1, 1, 1, h, self.served_key) if h else None
+
+    def cache(self, namespace: str) -> Mapping[str, CacheEntry]:
+        return self.catalogue
+
+    def build_jobs(self, namespace: str, key: str) -> Sequence[JobView]:
+        return [view for _, view in self.jobs.values() if view.key == key]
+
+    def build_pods(self, namespace: str, key: str) -> Sequence[BuildPodView]:
+        return self.builder_pods
+
+    def wanting(self, namespace: str, key: str) -> Sequence[Mapping[str, Any]]:
+        return [o for o in self.objects if repository_key(o["spec"]) == key]
+
+    def finish_job(self, name: str, outcome: str, message: str, at: str = "2026-11-22T10:00:00Z") -> None:
+        manifest, view = self.jobs[name]
+        self.jobs[name] = (manifest, JobView(name, view.key, view.attempt, 0, outcome, at, "", at, view.applied_hash))
+        phase = "Succeeded" if outcome == "Complete" else "Failed"
+        self.builder_pods.append(BuildPodView(f"{name}-pod", name, phase, message, at))
+
+    def patch_namespaced_config_map(self, name: str, namespace: str, patch: dict[str, Any]) -> None:
+        for key, text in patch["data"].items():
+            self.catalogue[key] = CacheEntry.from_data(key, text)
+        self.writes.append("catalogue")
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
+        self.deleted.append(name)
+        self.writes.append(f"delete {kind}")
+        return self.jobs.pop(name, None) is not None
 
     def pods(self, namespace: str, name: str) -> Sequence[PodView]:
         return []
@@ -43,14 +99,28 @@ class FakeCluster:
     def child_hash(self, namespace: str, name: str, kind: str) -> str | None:
         return self.hashes.get((namespace, name, kind))
 
+    objects: list[dict[str, Any]] = []
+
+    @property
+    def served_key(self) -> str | None:
+        return self.applied_deployment["spec"]["template"]["metadata"]["annotations"]["batchline.dev/build-key"]
+
     def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
         meta = manifest["metadata"]
-        self.hashes[(meta["namespace"], meta["name"], manifest["kind"])] = applied_hash(manifest)
         self.writes.append(manifest["kind"])
+        if manifest["kind"] == "Job":
+            labels, attempt = meta["labels"], int(meta["annotations"]["batchline.dev/build-attempt"])
+            key = labels["batchline.dev/build-key"]
+            view = JobView(meta["name"], key, attempt, 1, None, None, "", None, applied_hash(manifest))
+            self.jobs[meta["name"]] = (manifest, view)
+            return manifest
+        self.hashes[(meta["namespace"], meta["name"], manifest["kind"])] = applied_hash(manifest)
+        if manifest["kind"] == "Deployment":
+            self.applied_deployment = manifest
         return manifest
 
     def patch_namespaced_custom_object_status(self, *args: Any) -> dict[str, Any]:
-        self.status = args[-1]["status"]
+        self.status = _merged(self.status, args[-1]["status"])  # a JSON merge patch, as the API server does it
         self.writes.append("status")
         self.revision += 1
         return {"metadata": {"resourceVersion": str(self.revision)}, "status": self.status}
@@ -60,16 +130,17 @@ class FakeCluster:
             self.events.append(event)
 
         if self._writers is None:
-            self._writers = Writers(self, self, post)  # type: ignore[arg-type]
+            self._writers = Writers(self, self, post, core=self)  # type: ignore[arg-type]
         return self._writers
 
 
-def _pass(cluster: FakeCluster, obj: dict[str, Any], stale: bool = False) -> int:
+def _pass(cluster: FakeCluster, obj: dict[str, Any], stale: bool = False, config: OperatorConfig = CFG) -> int:
     """One reconcile; `stale` hands it a body read before the last status write landed."""
     if not stale:
         obj["status"] = cluster.status
         obj["metadata"]["resourceVersion"] = str(cluster.revision)
-    return reconcile(obj, cluster, cluster.writers(), OperatorConfig(), with_pod_monitor=False)
+    cluster.objects = [obj]
+    return reconcile(obj, cluster, cluster.writers(), config, with_pod_monitor=False)
 
 
 def test_second_pass_with_nothing_changed_writes_nothing() -> None:
@@ -111,7 +182,7 @@ def test_desired_replicas_keeps_running_count_within_bounds() -> None:
 
 
 def test_a_stale_body_neither_rewrites_status_nor_repeats_events() -> None:
-    cluster, obj = FakeCluster(), llmd(model={"source": "s3://bucket/model"})
+    cluster, obj = FakeCluster(built=False), llmd(model={"source": "s3://bucket/model"})
     obj["metadata"]["resourceVersion"] = "0"
     _pass(cluster, obj, stale=True)
     assert _pass(cluster, obj, stale=True) == 0  # same old body again, e.g. the timer racing the watch
@@ -135,3 +206,107 @@ def test_status_waits_for_the_controller_manager_to_observe_a_fresh_deployment()
     observed = DeploymentView(2, 2, 1, 1, 1, 1, fresh.applied_hash)
     cluster.deployment = lambda namespace, name: observed  # type: ignore[method-assign]
     assert _pass(cluster, obj) == 1 and cluster.writes[-1] == "status"
+
+
+def _conds(cluster: FakeCluster) -> dict[str, tuple[str, str]]:
+    return {c["type"]: (c["status"], c["reason"]) for c in cluster.status["conditions"]}
+
+
+def test_a_new_model_is_built_by_one_job_before_any_triton_pod_exists() -> None:
+    cluster, obj = FakeCluster(built=False), llmd()
+    _pass(cluster, obj)
+    assert cluster.writes == ["Job", "Service", "PodDisruptionBudget", "status"]
+    job = next(iter(cluster.jobs.values()))[0]
+    assert job["spec"]["backoffLimit"] == CFG.build_backoff_limit and job["spec"]["activeDeadlineSeconds"] > 0
+    assert _conds(cluster)["ModelReady"] == ("False", "Building")
+    assert _pass(cluster, obj) == 1  # the status now names the Job it saw
+    assert "batchline-build-" in cluster.status["build"]["message"]
+    assert _pass(cluster, obj) == 0  # the Job runs; nothing to do until it moves
+
+
+def test_a_finished_build_is_recorded_then_served_with_its_figures_in_status() -> None:
+    cluster, obj = FakeCluster(built=False), llmd()
+    _pass(cluster, obj)
+    cluster.finish_job(next(iter(cluster.jobs)), "Complete", SUMMARY)
+    cluster.writes.clear()
+    _pass(cluster, obj)
+    assert cluster.writes == ["catalogue", "Deployment"]
+    key = repository_key(obj["spec"])
+    assert cluster.served_key == key and key in cluster.catalogue
+    _pass(cluster, obj)
+    assert _conds(cluster)["ModelReady"] == ("True", "Built")
+    report = cluster.status["build"]["report"]
+    assert (report["compressionRatio"], report["perplexityIncrease"], report["top1Agreement"]) == (
+        "3.96x",
+        "+0.67%",
+        "97.4%",
+    )
+    assert _pass(cluster, obj) == 0
+
+
+def test_a_new_quantization_keeps_the_old_build_serving_until_its_build_is_ready() -> None:
+    cluster, obj = FakeCluster(built=False), llmd()
+    _pass(cluster, obj)
+    cluster.finish_job(next(iter(cluster.jobs)), "Complete", SUMMARY)
+    _pass(cluster, obj)
+    _pass(cluster, obj)
+    old_key = cluster.served_key
+    changed = llmd(quantization={"mode": "int8-weight-only"}, generation=2)
+    cluster.writes.clear()
+    _pass(cluster, changed)
+    assert cluster.writes == ["Job", "status"]  # no Deployment change while the new build runs
+    assert cluster.served_key == old_key
+    assert cluster.status["build"]["servingKey"] == old_key and _conds(cluster)["Ready"][0] == "True"
+    new_job = next(name for name, (_, view) in cluster.jobs.items() if view.key == repository_key(changed["spec"]))
+    cluster.finish_job(new_job, "Complete", SUMMARY)
+    _pass(cluster, changed)
+    assert cluster.served_key == repository_key(changed["spec"])  # now it rolls
+
+
+def test_a_failed_build_is_degraded_and_retried_only_after_a_backoff() -> None:
+    cluster, obj = FakeCluster(built=False), llmd()
+    config = OperatorConfig(build_retry_seconds=3600)
+    _pass(cluster, obj, config=config)
+    first = next(iter(cluster.jobs))
+    cluster.finish_job(first, "Failed", "checkpoint /models/x has no weights", at="2999-01-01T00:00:00Z")
+    cluster.writes.clear()
+    for _ in range(3):
+        _pass(cluster, obj, config=config)
+    assert cluster.writes == ["status"]  # no storm: one status write, no new Job
+    assert _conds(cluster)["Degraded"] == ("True", "BuildFailed")
+    assert "has no weights" in cluster.status["conditions"][-2]["message"] or any(
+        "has no weights" in c["message"] for c in cluster.status["conditions"]
+    )
+    assert cluster.status["build"]["retryAt"] == "2999-01-01T01:00:00Z"
+    cluster.jobs[first] = (cluster.jobs[first][0], cluster.jobs[first][1].__class__(
+        first, cluster.jobs[first][1].key, 1, 0, "Failed", "2026-01-01T00:00:00Z", "", None, None
+    ))  # fmt: skip
+    cluster.writes.clear()
+    _pass(cluster, obj, config=config)
+    assert cluster.writes[:2] == ["Job", "delete Job"] and cluster.deleted == [first]
+    assert [view.attempt for _, view in cluster.jobs.values()] == [2]
+
+
+def test_two_deployments_with_the_same_inputs_share_one_build_job() -> None:
+    cluster = FakeCluster(built=False)
+    a, b = llmd(name="a"), llmd(name="b")
+    for obj in (a, b):
+        obj["metadata"]["uid"] = f"uid-{obj['metadata']['name']}"
+    cluster.objects = [a, b]
+    writers = cluster.writers()
+    reconcile(a, cluster, writers, CFG, with_pod_monitor=False)
+    reconcile(b, cluster, writers, CFG, with_pod_monitor=False)
+    assert len(cluster.jobs) == 1
+    owners = next(iter(cluster.jobs.values()))[0]["metadata"]["ownerReferences"]
+    assert [o["name"] for o in owners] == ["a", "b"]
+
+
+def test_status_fields_that_go_away_are_removed_not_left_behind() -> None:
+    from batchline.reconcile import merge_patch
+
+    current = {"build": {"phase": "Failed", "retryAt": "t", "report": {"a": 1}}, "autoscaling": {"x": 1}}
+    new = {"build": {"phase": "Ready", "report": {"b": 2}}}
+    assert merge_patch(current, new) == {
+        "build": {"phase": "Ready", "retryAt": None, "report": {"a": None, "b": 2}},
+        "autoscaling": None,
+    }

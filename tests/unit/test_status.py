@@ -16,13 +16,21 @@ def _dep(ready: int, replicas: int = 2, updated: int | None = None, gen: int = 1
     return DeploymentView(gen, obs, replicas, upd, ready, replicas, "h")
 
 
+BUILT = {"key": "k1", "phase": "Ready", "message": "Build k1 is in the model cache."}
+
+
+def _status(obj: dict, observed: Observed, problems: list, desired: int, now: str, scale=None, build=BUILT) -> dict:
+    serving = build["key"] if build["phase"] == "Ready" else ("k0" if observed.deployment else None)
+    return compute_status(obj, observed, problems, desired, now, scale, build, serving)
+
+
 def _conds(status: dict) -> dict[str, dict]:
     return {c["type"]: c for c in status["conditions"]}
 
 
 def test_ready_replicas_and_columns() -> None:
     obj = llmd(generation=3)
-    status = compute_status(obj, Observed(_dep(ready=2), (), NODES), [], 2, T0)
+    status = _status(obj, Observed(_dep(ready=2), (), NODES), [], 2, T0)
     assert status["observedGeneration"] == 3
     assert status["replicaStatus"] == "2/2"
     c = _conds(status)
@@ -33,14 +41,14 @@ def test_ready_replicas_and_columns() -> None:
 
 
 def test_first_visit_without_deployment_is_not_ready() -> None:
-    status = compute_status(llmd(), Observed(None, (), NODES), [], 1, T0)
+    status = _status(llmd(), Observed(None, (), NODES), [], 1, T0)
     c = _conds(status)
     assert c["Ready"]["status"] == "False" and c["Ready"]["reason"] == "ReplicasStarting"
     assert c["Progressing"]["reason"] == "NotDeployed"
 
 
 def test_rollout_in_progress() -> None:
-    status = compute_status(llmd(), Observed(_dep(ready=2, replicas=3, updated=1), (), NODES), [], 2, T0)
+    status = _status(llmd(), Observed(_dep(ready=2, replicas=3, updated=1), (), NODES), [], 2, T0)
     c = _conds(status)
     assert c["Progressing"]["status"] == "True" and c["Progressing"]["reason"] == "RollingOut"
     assert c["Ready"]["status"] == "True"
@@ -53,7 +61,7 @@ def test_gpu_shortage_reports_requested_versus_allocatable() -> None:
         PodView("b", True),
         PodView("c", False, "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."),
     )
-    status = compute_status(obj, Observed(_dep(ready=2, replicas=3), pods, NODES), [], 3, T0)
+    status = _status(obj, Observed(_dep(ready=2, replicas=3), pods, NODES), [], 3, T0)
     c = _conds(status)
     assert c["Schedulable"]["status"] == "False" and c["Schedulable"]["reason"] == "InsufficientGPUs"
     assert "12 in total" in c["Schedulable"]["message"] and "8 allocatable" in c["Schedulable"]["message"]
@@ -64,18 +72,18 @@ def test_gpu_shortage_reports_requested_versus_allocatable() -> None:
 
 def test_blocking_problem_explains_itself() -> None:
     problem = Problem("UnsupportedModelSource", "spec.model.source 's3://x' uses 's3'", blocking=True)
-    c = _conds(compute_status(llmd(), Observed(None, (), NODES), [problem], 1, T0))
+    c = _conds(_status(llmd(), Observed(None, (), NODES), [problem], 1, T0))
     assert c["Ready"]["status"] == "False" and c["Ready"]["reason"] == "UnsupportedModelSource"
     assert c["Degraded"]["status"] == "True"
 
 
 def test_transition_time_moves_only_when_status_flips() -> None:
     obj = llmd()
-    first = compute_status(obj, Observed(_dep(ready=0), (), NODES), [], 2, T0)
+    first = _status(obj, Observed(_dep(ready=0), (), NODES), [], 2, T0)
     obj["status"] = first
-    second = compute_status(obj, Observed(_dep(ready=0), (), NODES), [], 2, T1)
+    second = _status(obj, Observed(_dep(ready=0), (), NODES), [], 2, T1)
     assert not status_changed(first, second)
-    third = compute_status(obj, Observed(_dep(ready=1), (), NODES), [], 2, T1)
+    third = _status(obj, Observed(_dep(ready=1), (), NODES), [], 2, T1)
     assert _conds(third)["Ready"]["lastTransitionTime"] == T1
     assert _conds(third)["Progressing"]["lastTransitionTime"] == T0
 
@@ -83,14 +91,43 @@ def test_transition_time_moves_only_when_status_flips() -> None:
 def test_autoscaler_fields_survive_a_status_rewrite() -> None:
     obj = llmd()
     obj["status"] = {"autoscaling": {"observedLatencyMs": 812, "reason": "within target"}}
-    assert compute_status(obj, Observed(_dep(ready=1), (), NODES), [], 1, T0)["autoscaling"]["observedLatencyMs"] == 812
+    assert _status(obj, Observed(_dep(ready=1), (), NODES), [], 1, T0)["autoscaling"]["observedLatencyMs"] == 812
 
 
 def test_events_only_on_transitions() -> None:
     obj = llmd()
-    starting = compute_status(obj, Observed(_dep(ready=0), (), NODES), [], 1, T0)["conditions"]
+    starting = _status(obj, Observed(_dep(ready=0), (), NODES), [], 1, T0)["conditions"]
     events = transition_events([], starting)
-    assert [(e.type, e.reason) for e in events] == [("Warning", "ReplicasStarting")]
+    assert [(e.type, e.reason) for e in events] == [("Warning", "ReplicasStarting"), ("Normal", "Built")]
     assert transition_events(starting, starting) == []
-    serving = compute_status(obj, Observed(_dep(ready=1), (), NODES), [], 1, T1)["conditions"]
+    serving = _status(obj, Observed(_dep(ready=1), (), NODES), [], 1, T1)["conditions"]
     assert [(e.type, e.reason) for e in transition_events(starting, serving)] == [("Normal", "Serving")]
+
+
+BUILDING = {"key": "k2", "phase": "Building", "message": "Job batchline-build-k2-1 is building k2; pod p Running."}
+FAILED = {"key": "k2", "phase": "Failed", "message": "Build k2 failed (attempt 1): checkpoint has no weights."}
+
+
+def test_a_first_build_shows_as_building_not_as_a_problem() -> None:
+    status = _status(llmd(), Observed(None, (), NODES), [], 1, T0, build=BUILDING)
+    c = _conds(status)
+    assert (c["Ready"]["status"], c["Ready"]["reason"]) == ("False", "Building")
+    assert (c["ModelReady"]["status"], c["ModelReady"]["reason"]) == ("False", "Building")
+    assert (c["Progressing"]["status"], c["Degraded"]["status"]) == ("True", "False")
+    assert status["build"]["phase"] == "Building" and "servingKey" not in status["build"]
+    assert [(e.type, e.reason) for e in transition_events([], status["conditions"])] == [("Normal", "Building")]
+
+
+def test_a_failed_build_is_degraded_with_the_builders_message() -> None:
+    c = _conds(_status(llmd(), Observed(None, (), NODES), [], 1, T0, build=FAILED))
+    assert (c["Degraded"]["status"], c["Degraded"]["reason"]) == ("True", "BuildFailed")
+    assert "checkpoint has no weights" in c["Degraded"]["message"]
+    assert c["Ready"]["reason"] == "BuildFailed"
+
+
+def test_old_pods_keep_serving_while_a_new_build_runs() -> None:
+    status = _status(llmd(), Observed(_dep(ready=2), (), NODES), [], 2, T0, build=BUILDING)
+    c = _conds(status)
+    assert c["Ready"]["status"] == "True"
+    assert "keep serving build k0" in c["ModelReady"]["message"]
+    assert status["build"]["servingKey"] == "k0" and status["build"]["key"] == "k2"

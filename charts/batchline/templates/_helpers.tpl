@@ -105,6 +105,17 @@ compares them with an operator run's audit log and kopf's watches):
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
+# Model builds and cache clean-up run as Jobs; the cache catalogue is a ConfigMap beside the cache claim.
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [list, watch, create, patch, delete]
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [list, watch, create]
+- apiGroups: [""]
+  resources: [configmaps]
+  resourceNames: [{{ .Values.modelCache.name | quote }}]
+  verbs: [patch]
 {{- end }}
 
 {{/* Cluster-scoped reads: GPU nodes (feasibility) and CRDs (kopf notices kinds that appear later). */}}

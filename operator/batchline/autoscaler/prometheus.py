@@ -15,6 +15,7 @@ exception: the policy must hold, not crash, when Prometheus is down.
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -159,7 +160,7 @@ def fetch(prom: PrometheusLike, config: QueryConfig, now: float | None = None) -
         try:
             rows = prom.custom_query(query, params={"time": at})
         except (OSError, ValueError, KeyError, PrometheusApiClientException) as exc:
-            return FetchResult(Status.PROMETHEUS_DOWN, f"{name} query failed: {exc}", at, config.rate_window_s)
+            return FetchResult(Status.PROMETHEUS_DOWN, f"{name} query failed: {_brief(exc)}", at, config.rate_window_s)
         for labels, value in _rows(rows):
             entry = signals.setdefault(config.key(labels), _Signals())
             if name == "latency_quantile_ms":
@@ -167,6 +168,14 @@ def fetch(prom: PrometheusLike, config: QueryConfig, now: float | None = None) -
             else:
                 entry.values[name] = value
     return FetchResult(Status.OK, "", at, config.rate_window_s, signals)
+
+
+_URL = re.compile(r" with url: \S+")
+
+
+def _brief(exc: Exception) -> str:
+    """The error without the query URL, whose time parameter changes every tick: status must not churn."""
+    return _URL.sub("", str(exc))
 
 
 def _rows(rows: Sequence[Mapping[str, Any]]) -> list[tuple[Mapping[str, str], float]]:

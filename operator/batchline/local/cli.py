@@ -1,4 +1,5 @@
-"""`batchline local up|down|status`: a local control plane with fake GPU nodes for development and tests."""
+"""`batchline local up|down|status`: a local control plane with fake GPU nodes and process nodes (which
+run tritonserver and batchline pods as local processes) for development and tests."""
 
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ def register(subparsers: Any) -> None:
     up.add_argument("--nodes", type=int, default=2, help="fake GPU nodes (default: 2)")
     up.add_argument("--gpus-per-node", type=int, default=8, help=f"{GPU_RESOURCE} per node (default: 8)")
     up.add_argument("--gpu-product", default=DEFAULT_GPU_PRODUCT, help="nvidia.com/gpu.product label")
+    up.add_argument("--process-nodes", type=int, default=1,
+                    help="nodes whose pods run as local processes (tritonserver, batchline; default: 1)")
     up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait once binaries exist")
     up.set_defaults(func=_up)
 
@@ -43,7 +46,7 @@ def _cluster(args: argparse.Namespace) -> LocalCluster:
 def _up(args: argparse.Namespace) -> int:
     cluster = _cluster(args)
     try:
-        kubeconfig = cluster.up(args.nodes, args.gpus_per_node, args.gpu_product, args.timeout)
+        kubeconfig = cluster.up(args.nodes, args.gpus_per_node, args.gpu_product, args.timeout, args.process_nodes)
     except (RuntimeError, TimeoutError) as err:
         print(f"batchline local up failed: {err}\n(logs: {cluster.state_dir / 'logs'})", file=sys.stderr)
         return 1
@@ -75,12 +78,17 @@ def _format(status: dict[str, Any]) -> str:
     lines = [f"cluster {status['name']!r}: {'up' if status['up'] else 'NOT up'} (state dir {status['state_dir']})",
              f"  server {status['server']} (kube {status['kube_version']})",
              f"  kubeconfig {status['kubeconfig']}", f"  operator kubeconfig {status['operator_kubeconfig']}",
-             f"  audit log {status['audit_log']}", "components:"]
+             f"  audit log {status['audit_log']}"]
+    if status.get("pod_range"):
+        lines.append(f"  process node pod IPs from {status['pod_range']}")
+    lines.append("components:")
     for name, comp in status["components"].items():
         state = "healthy" if comp["healthy"] else "running, not healthy" if comp["running"] else "NOT running"
         lines.append(f"  {name:<24} {state:<21} pid {comp['pid'] or '-':<8} port {comp['port']}")
     lines.append(f"nodes: {len(status['nodes'])}, {GPU_RESOURCE} allocatable: {status['gpu_allocatable']}")
     for node in status["nodes"]:
         gpus = f"{node['gpus']} x {node['gpu_product']}" if node["gpus"] else "no GPUs"
-        lines.append(f"  {node['name']:<24} {'Ready' if node['ready'] else 'NotReady':<9} {gpus}")
+        runs = {"kwok": "pods simulated by KWOK", "process": f"{node['cpu']} CPUs, pods run as local processes"}
+        lines.append(f"  {node['name']:<24} {'Ready' if node['ready'] else 'NotReady':<9} {gpus}; "
+                     f"{runs.get(node['runner'], 'pods run by nothing here')}")
     return "\n".join(lines)

@@ -1,7 +1,9 @@
-"""Command lines and health endpoints of the control-plane processes, all on 127.0.0.1."""
+"""Command lines and health endpoints of the control-plane processes and the process node agents,
+all on 127.0.0.1."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,11 @@ KUBERNETES_SERVICE_IP = "10.96.0.1"
 POD_CIDR = "10.244.0.0/16"  # fake pod IPs handed out by KWOK; nothing listens there
 NODE_IP = "10.240.0.1"
 LOCALHOST = "127.0.0.1"
+PROCESS_NODE_PREFIX = "process-node-"
+
+
+def process_node_names(count: int) -> list[str]:
+    return [f"{PROCESS_NODE_PREFIX}{i}" for i in range(count)]
 
 
 @dataclass(frozen=True)
@@ -85,3 +92,12 @@ def components(layout: Layout, ports: Mapping[str, int], bins: Path, kwok_stages
             f"--server-address={LOCALHOST}:{ports['kwok']}",
         ], healthz("kwok", "http")),
     ]
+
+
+def process_node(layout: Layout, name: str, pod_subnet: str, port: int) -> Component:
+    """A process node's agent (node_agent.py), healthy while it renews its Lease."""
+    return Component(name, [
+        sys.executable, "-m", "batchline.local.node_agent", f"--kubeconfig={layout.kubeconfig(name)}",
+        f"--node={name}", f"--work-dir={layout.node_dir(name)}", f"--pod-subnet={pod_subnet}",
+        f"--healthz-port={port}",
+    ], f"http://{LOCALHOST}:{port}/healthz")

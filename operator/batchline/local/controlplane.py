@@ -1,5 +1,6 @@
-"""A local Kubernetes control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler
-and KWOK with fake GPU nodes, run as detached processes with their state in one directory.
+"""A local Kubernetes control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
+KWOK with fake GPU nodes, and process nodes whose agents (node_agent.py) run pods as local
+processes, all detached processes with their state in one directory.
 
 `batchline local up|down|status` and the pytest `cluster` fixture both drive LocalCluster.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import random
 import shutil
 import sys
 import time
@@ -16,7 +18,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from batchline.local import binaries, pki, process
+from batchline.local import binaries, pki, pod_network, process
 from batchline.local import nodes as fake_nodes
 from batchline.local.components import (
     GROUPS,
@@ -25,11 +27,15 @@ from batchline.local.components import (
     PORTS,
     Component,
     components,
+    process_node,
+    process_node_names,
 )
-from batchline.local.identities import ensure_kubeconfigs
+from batchline.local.identities import ensure_kubeconfigs, node_identity, rbac_manifests
 from batchline.local.kubeapi import ApiError, KubeApi, probe
 from batchline.local.layout import Layout, default_root
 from batchline.local.nodes import DEFAULT_GPU_PRODUCT, NodeSpec
+from batchline.local.pod_runner import kill_recorded_processes
+from batchline.local.pod_targets import PodDiscovery
 
 
 def _say(message: str) -> None:
@@ -67,9 +73,16 @@ class LocalCluster:
         return KubeApi(self._server(self._state()["ports"]), p / "ca.crt", p / f"{identity}.crt",
                        p / f"{identity}.key")
 
+    def pod_discovery(self) -> PodDiscovery:
+        """How a Prometheus discovers this cluster's pods (as the `prometheus` identity, which may read pods)."""
+        p = self.layout.pki
+        server = self._server(self._state()["ports"])
+        return PodDiscovery(server, p / "ca.crt", p / "prometheus.crt", p / "prometheus.key")
+
     def up(self, nodes: int = 2, gpus_per_node: int = 8, gpu_product: str = DEFAULT_GPU_PRODUCT,
-           timeout: float = 180.0) -> Path:
-        """Build what is missing, start what is not running, reconcile the GPU nodes; idempotent.
+           timeout: float = 180.0, process_nodes: int = 1) -> Path:
+        """Build what is missing, start what is not running, reconcile the GPU nodes and the process
+        nodes (`process_nodes` agents that run pods as local processes); idempotent.
 
         Returns the admin kubeconfig path.
         """
@@ -78,19 +91,29 @@ class LocalCluster:
         deadline = time.monotonic() + timeout
         with self._locked():
             state = self._state() if self.layout.state_file.exists() else self._new_state()
-            state["nodes"] = {"count": nodes, "gpus_per_node": gpus_per_node, "gpu_product": gpu_product}
+            retired = process_node_names(state.get("nodes", {}).get("process_nodes", 0))[process_nodes:]
+            state["nodes"] = {"count": nodes, "gpus_per_node": gpus_per_node, "gpu_product": gpu_product,
+                              "process_nodes": process_nodes}
+            agents = process_node_names(process_nodes)
+            if agents:
+                state["pod_range"] = pod_network.pod_range()
+            missing = [name for name in agents if name not in state["ports"]]
+            state["ports"] |= dict(zip(missing, process.free_ports(len(missing)), strict=True))
             self.layout.state_file.write_text(json.dumps(state, indent=2) + "\n")
-            self._ensure_credentials(state["ports"])
-            comps = {c.name: c for c in self._components(state["ports"])}
-            for group in GROUPS:
+            self._ensure_credentials(state["ports"], agents)
+            comps = {c.name: c for c in self._components(state)}
+            for group in [*GROUPS, agents]:
                 for name in group:
                     self._ensure_running(comps[name])
                 for name in group:
                     self._wait_healthy(comps[name], deadline)
+                if "kube-apiserver" in group:
+                    self._ensure_rbac()
             api = self.api()
+            self._retire_process_nodes(api, retired)
             pool = fake_nodes.gpu_pool(nodes, gpus_per_node, gpu_product)
             fake_nodes.reconcile_pool(api, pool)
-            fake_nodes.wait_ready(api, [n.name for n in pool], max(deadline - time.monotonic(), 1))
+            fake_nodes.wait_ready(api, [n.name for n in pool] + agents, max(deadline - time.monotonic(), 1))
             _wait_for(lambda: _exists(api, "/api/v1/namespaces/default/serviceaccounts/default"), deadline,
                       "the default service account")
         _say(f"cluster {self.name!r} is up ({time.monotonic() - started:.1f}s)")
@@ -103,6 +126,7 @@ class LocalCluster:
         with self._locked():
             if self.layout.state_file.exists():
                 process.stop_all(pid for _, pid in self._pids())
+            kill_recorded_processes(self.state_dir / "nodes")  # pods of an agent that did not stop them
             shutil.rmtree(self.state_dir)
 
     def is_up(self) -> bool:
@@ -116,7 +140,7 @@ class LocalCluster:
             return result
         state = self._state()
         pids = dict(self._pids())
-        for comp in self._components(state["ports"]):
+        for comp in self._components(state):
             result["components"][comp.name] = {
                 "pid": pids.get(comp.name), "running": comp.name in pids,
                 "healthy": comp.name in pids and probe(comp.health_url),
@@ -125,7 +149,8 @@ class LocalCluster:
         result["up"] = all(c["healthy"] for c in result["components"].values())
         result |= {"server": self._server(state["ports"]), "kubeconfig": str(self.kubeconfig),
                    "operator_kubeconfig": str(self.operator_kubeconfig), "audit_log": str(self.audit_log),
-                   "kube_version": state["kube_version"], "requested_nodes": state.get("nodes")}
+                   "kube_version": state["kube_version"], "requested_nodes": state.get("nodes"),
+                   "pod_range": state.get("pod_range")}
         if result["components"]["kube-apiserver"]["healthy"]:
             result["nodes"] = [fake_nodes.summary(n) for n in self.api().get("/api/v1/nodes")["items"]]
             result["gpu_allocatable"] = sum(n["gpus"] for n in result["nodes"])
@@ -144,30 +169,58 @@ class LocalCluster:
         return dict(json.loads(self.layout.state_file.read_text()))
 
     def _new_state(self) -> dict[str, Any]:
+        # pod_block: the first /24 of the pod range for this cluster's process nodes; random, so that
+        # clusters side by side rarely hand out the same pod IPs.
         return {"name": self.name, "kube_version": binaries.KUBE_VERSION,
-                "ports": dict(zip(PORTS, process.free_ports(len(PORTS)), strict=True))}
+                "ports": dict(zip(PORTS, process.free_ports(len(PORTS)), strict=True)),
+                "pod_block": random.randrange(256)}
 
     @staticmethod
     def _server(ports: Mapping[str, int]) -> str:
         return f"https://{LOCALHOST}:{ports['kube-apiserver']}"
 
-    def _components(self, ports: Mapping[str, int]) -> list[Component]:
-        return components(self.layout, ports, binaries.bin_dir(), binaries.kwok_stages_file())
+    def _components(self, state: Mapping[str, Any]) -> list[Component]:
+        ports = state["ports"]
+        agents = process_node_names(state.get("nodes", {}).get("process_nodes", 0))
+        pod_range, block = state.get("pod_range", pod_network.LOOPBACK_RANGE), state.get("pod_block", 0)
+        return [*components(self.layout, ports, binaries.bin_dir(), binaries.kwok_stages_file()),
+                *(process_node(self.layout, name, pod_network.node_subnet(pod_range, block + i), ports[name])
+                  for i, name in enumerate(agents))]
 
     def _pids(self) -> Iterator[tuple[str, int]]:
-        for comp in self._components(self._state()["ports"]):
+        for comp in self._components(self._state()):
             pid = self._running_pid(comp)
             if pid is not None:
                 yield comp.name, pid
 
-    def _ensure_credentials(self, ports: Mapping[str, int]) -> None:
+    def _ensure_credentials(self, ports: Mapping[str, int], process_nodes: list[str]) -> None:
         p = self.layout.pki
         pki.ensure_ca(p)
         pki.ensure_serving_cert(p, "apiserver", ["localhost", "kubernetes", "kubernetes.default",
                                                  "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"],
                                 [LOCALHOST, KUBERNETES_SERVICE_IP])
         pki.ensure_service_account_keys(p)
-        ensure_kubeconfigs(self.layout, f"batchline-{self.name}", self._server(ports))
+        ensure_kubeconfigs(self.layout, f"batchline-{self.name}", self._server(ports),
+                           {name: node_identity(name) for name in process_nodes})
+
+    def _ensure_rbac(self) -> None:
+        """What the process nodes and Prometheus may do (server-side apply, so changes here roll out)."""
+        api = self.api()
+        for manifest in rbac_manifests():
+            kind = manifest["kind"].lower() + "s"
+            path = f"/apis/rbac.authorization.k8s.io/v1/{kind}/{manifest['metadata']['name']}"
+            api.request("PATCH", f"{path}?fieldManager=batchline-local&force=true", manifest,
+                        "application/apply-patch+yaml")
+
+    def _retire_process_nodes(self, api: KubeApi, names: list[str]) -> None:
+        """Stop the agents of process nodes beyond the requested count and delete their Nodes."""
+        for name in names:
+            pid = process.running_pid(self.layout.pid_file(name), f"{self.state_dir}/")
+            if pid is not None:
+                _say(f"stopping {name}")
+                process.stop_all([pid])
+            kill_recorded_processes(self.layout.node_dir(name))
+            fake_nodes.delete(api, name)
 
     def _running_pid(self, comp: Component) -> int | None:
         # Every component's command line names a path in the state dir.
@@ -177,7 +230,9 @@ class LocalCluster:
         pid_file = self.layout.pid_file(comp.name)
         if self._running_pid(comp) is None:
             _say(f"starting {comp.name}")
-            process.start(comp.argv, self.layout.log(comp.name), pid_file)
+            # In the state dir: `python -m` puts the working dir first on sys.path, and a source
+            # checkout there would shadow the installed packages.
+            process.start(comp.argv, self.layout.log(comp.name), pid_file, cwd=self.state_dir)
 
     def _wait_healthy(self, comp: Component, deadline: float) -> None:
         def healthy() -> bool:

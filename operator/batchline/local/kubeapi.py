@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import ssl
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 
 def _opener(ctx: ssl.SSLContext) -> Callable[..., Any]:
@@ -49,6 +52,36 @@ class KubeApi:
 
     def get(self, path: str) -> Any:
         return self.request("GET", path)
+
+    def watch(self, path: str, timeout: float) -> Iterator[dict[str, Any]]:
+        """Stream a watch (`path` with watch=1): one event a line until the server ends it;
+        `timeout` bounds the wait for each read."""
+        req = urllib.request.Request(self.server + path, headers={"Accept": "application/json"})
+        try:
+            with self._open(req, timeout=timeout) as resp:
+                for line in resp:
+                    if line.strip():
+                        yield json.loads(line)
+        except urllib.error.HTTPError as err:
+            raise ApiError(err.code, err.read().decode(errors="replace")[:500]) from None
+
+    @classmethod
+    def from_kubeconfig(cls, kubeconfig: Path, credentials_dir: Path) -> KubeApi:
+        """A client for a kubeconfig with embedded certificates (as identities.py writes them); the CA,
+        certificate and key are written into `credentials_dir`, where ssl can load them."""
+        config = yaml.safe_load(kubeconfig.read_text())
+        context = next(c["context"] for c in config["contexts"] if c["name"] == config["current-context"])
+        cluster = next(c["cluster"] for c in config["clusters"] if c["name"] == context["cluster"])
+        user = next(u["user"] for u in config["users"] if u["name"] == context["user"])
+        credentials_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        files = {"ca.crt": cluster["certificate-authority-data"], "client.crt": user["client-certificate-data"],
+                 "client.key": user["client-key-data"]}
+        for name, data in files.items():
+            path = credentials_dir / name
+            path.touch(mode=0o600)
+            path.write_bytes(base64.b64decode(data))
+        return cls(cluster["server"], credentials_dir / "ca.crt", credentials_dir / "client.crt",
+                   credentials_dir / "client.key")
 
 
 def probe(url: str, timeout: float = 2.0) -> bool:

@@ -43,6 +43,10 @@ class Layout:
         """The admin's is plain `kubeconfig`; every other identity's is `<identity>.kubeconfig`."""
         return self.root / ("kubeconfig" if identity == "admin" else f"{identity}.kubeconfig")
 
+    def node_dir(self, node: str) -> Path:
+        """A process node agent's work dir: its pods' folders and logs."""
+        return self.root / "nodes" / node
+
     def log(self, component: str) -> Path:
         return self.root / "logs" / f"{component}.log"
 

@@ -16,7 +16,8 @@ GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TAINT = {"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"}
 DEFAULT_GPU_PRODUCT = "NVIDIA-H100-80GB-HBM3"
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"  # kwok runs with --manage-nodes-with-annotation-selector=<this>=fake
-MANAGED_LABEL = "batchline.dev/local-node"  # "pool": made by `up`; "extra": add_node
+MANAGED_LABEL = "batchline.dev/local-node"  # "pool": made by `up`; "extra": add_node; "process": an agent's
+RUNNER_LABEL = "batchline.dev/node-runner"  # "process" on process nodes
 SPEC_ANNOTATION = "batchline.dev/local-node-spec"
 NOT_READY_TAINT = "node.kubernetes.io/not-ready"
 
@@ -115,8 +116,11 @@ def wait_ready(api: KubeApi, names: Iterable[str], timeout: float) -> None:
 
 
 def summary(node: Mapping[str, Any]) -> dict[str, Any]:
+    """`runner` is "kwok" (pods are simulated), "process" (pods run as local processes) or "" (neither)."""
     labels = node["metadata"].get("labels", {})
+    fake = KWOK_ANNOTATION in node["metadata"].get("annotations", {})
     return {"name": node["metadata"]["name"], "ready": is_ready(node),
             "gpus": int(node["status"].get("allocatable", {}).get(GPU_RESOURCE, 0)),
-            "gpu_product": labels.get("nvidia.com/gpu.product"), "fake": KWOK_ANNOTATION in
-            node["metadata"].get("annotations", {})}
+            "gpu_product": labels.get("nvidia.com/gpu.product"), "fake": fake,
+            "runner": "kwok" if fake else labels.get(RUNNER_LABEL, ""),
+            "cpu": node["status"].get("allocatable", {}).get("cpu")}

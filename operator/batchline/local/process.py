@@ -25,12 +25,12 @@ def free_ports(count: int) -> list[int]:
         return [int(s.getsockname()[1]) for s in socks]
 
 
-def start(cmd: Sequence[str], log: Path, pid_file: Path) -> int:
-    """Start `cmd` detached (new session, stdio to `log`) and record its pid."""
+def start(cmd: Sequence[str], log: Path, pid_file: Path, cwd: Path | None = None) -> int:
+    """Start `cmd` detached (new session, stdio to `log`, in `cwd`) and record its pid."""
     log.parent.mkdir(parents=True, exist_ok=True)
     pid_file.parent.mkdir(parents=True, exist_ok=True)
     out = subprocess.run(["sh", "-c", _DETACH, "sh", str(log), *cmd], check=True, capture_output=True,
-                         text=True, start_new_session=True).stdout
+                         text=True, start_new_session=True, cwd=cwd).stdout
     pid = int(out.strip())
     pid_file.write_text(f"{pid}\n")
     return pid

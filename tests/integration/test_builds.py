@@ -1,0 +1,205 @@
+"""Operator-driven builds on the real control plane: build Jobs run `batchline build` for real on the
+local process node, the cache catalogue records them, failures back off, and a model update never
+leaves the deployment without a ready, serving replica."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+from kubernetes import client
+
+from batchline import api
+from tests.integration.conftest import LLMDs, wait_for
+
+pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("operator")]
+
+LOOSE = {"minTop1Agreement": 0, "maxPerplexityIncreasePercent": 1000}  # a random tiny model's quality
+
+
+def _jobs(kube: client.ApiClient, namespace: str) -> list[client.V1Job]:
+    selector = api.LABEL_BUILD_KEY
+    return client.BatchV1Api(kube).list_namespaced_job(namespace, label_selector=selector).items
+
+
+def _build(llmds: LLMDs, name: str) -> dict[str, Any]:
+    return dict((llmds.get(name).get("status") or {}).get("build") or {})
+
+
+def _catalogue(kube: client.ApiClient, namespace: str) -> dict[str, str]:
+    try:
+        return dict(client.CoreV1Api(kube).read_namespaced_config_map("batchline-model-cache", namespace).data or {})
+    except client.ApiException as err:
+        if err.status == 404:
+            return {}
+        raise
+
+
+def _serving(llmds: LLMDs, name: str) -> dict[str, Any] | None:
+    obj = llmds.get(name)
+    ready = llmds.condition(name, "Ready")
+    if ready.get("status") == "True" and obj["status"].get("observedGeneration") == obj["metadata"]["generation"]:
+        return obj
+    return None
+
+
+def test_a_build_job_builds_on_the_process_node_then_triton_pods_start(
+    kube: client.ApiClient, namespace: str, llmds: LLMDs, tiny_checkpoint: Path, model_cache: Path
+) -> None:
+    quantization = {"mode": "int8-weight-only", "qualityGate": LOOSE}
+    created = llmds.create("chat", {"model": {"source": str(tiny_checkpoint)}, "quantization": quantization})
+    building = wait_for(lambda: (b := _build(llmds, "chat")).get("phase") == "Building" and b, timeout=30)
+    assert llmds.condition("chat", "ModelReady")["reason"] == "Building"
+    obj = wait_for(lambda: _serving(llmds, "chat"), timeout=150, what="build, then Ready")
+    build = obj["status"]["build"]
+    assert build["phase"] == "Ready" and build["key"] == building["key"] == build["servingKey"]
+    report = build["report"]
+    assert report["mode"] == "int8-weight-only" and report["qualityGatePassed"] is True
+    assert float(report["compressionRatio"].rstrip("x")) > 1.5 and "top1Agreement" in report
+    [job] = _jobs(kube, namespace)
+    assert job.status.succeeded == 1 and job.metadata.owner_references[0].uid == created["metadata"]["uid"]
+    pods = client.CoreV1Api(kube).list_namespaced_pod(namespace, label_selector=f"job-name={job.metadata.name}")
+    node = client.CoreV1Api(kube).read_node(pods.items[0].spec.node_name)
+    assert node.metadata.labels.get("batchline.dev/node-runner") == "process"  # it really ran
+    assert build["key"] in _catalogue(kube, namespace)
+    assert (model_cache / namespace / build["key"] / "repository" / "model" / "config.pbtxt").is_file()
+    args = client.AppsV1Api(kube).read_namespaced_deployment("chat", namespace).spec.template.spec.containers[0].args
+    assert f"--model-repository=/models/{build['key']}/repository" in args
+    assert llmds.condition("chat", "ModelReady")["status"] == "True"
+
+
+def test_same_inputs_share_one_build_and_a_cached_build_starts_no_job(
+    kube: client.ApiClient, namespace: str, llmds: LLMDs, tiny_checkpoint: Path
+) -> None:
+    spec = {"model": {"source": str(tiny_checkpoint)}}
+    llmds.create("a", spec)
+    llmds.create("b", spec)
+    for name in ("a", "b"):
+        wait_for(lambda name=name: _serving(llmds, name), timeout=150, what=f"{name} Ready")
+    [job] = _jobs(kube, namespace)
+    assert sorted(ref.name for ref in job.metadata.owner_references) == ["a", "b"]
+    llmds.create("c", spec)
+    wait_for(lambda: _serving(llmds, "c"), timeout=60, what="c Ready from the cache")
+    assert len(_jobs(kube, namespace)) == 1  # c found its build in the catalogue
+    assert _build(llmds, "c")["report"] == _build(llmds, "a")["report"]
+
+
+def test_a_failing_build_is_degraded_with_the_builders_message_and_backs_off(
+    kube: client.ApiClient, namespace: str, llmds: LLMDs
+) -> None:
+    llmds.create("broken", {"model": {"source": "/nonexistent/checkpoint"}})
+    degraded = wait_for(
+        lambda: (c := llmds.condition("broken", "Degraded")).get("reason") == "BuildFailed" and c,
+        timeout=90,
+        what="Degraded=True BuildFailed",
+    )
+    assert degraded["status"] == "True" and "does not exist" in degraded["message"]  # the builder's own words
+    build = _build(llmds, "broken")
+    assert build["phase"] == "Failed" and build["attempt"] == 1 and build["retryAt"]
+    time.sleep(8)
+    assert [j.metadata.name for j in _jobs(kube, namespace)] == [build["job"]]  # no storm while backing off
+    second = wait_for(
+        lambda: [j for j in _jobs(kube, namespace) if j.metadata.name.endswith("-2")],
+        timeout=60,
+        what="second attempt after the backoff",
+    )
+    assert len(second) == 1
+    wait_for(lambda: len(_jobs(kube, namespace)) == 1, timeout=30, what="first attempt's Job replaced")
+    events = client.CoreV1Api(kube).list_namespaced_event(namespace, field_selector="involvedObject.name=broken")
+    assert sum(1 for e in events.items if e.reason == "BuildFailed") == 1  # one Event per transition
+
+
+def _ready_endpoints(kube: client.ApiClient, namespace: str, name: str) -> list[str]:
+    """Ready pods' IPs: what the Service's EndpointSlice lists (read from the pods, which also works
+    where the process node's pod IPs are loopback addresses that EndpointSlices refuse)."""
+    pods = client.CoreV1Api(kube).list_namespaced_pod(namespace, label_selector=f"{api.LABEL_LLMD}={name}")
+    return [
+        p.status.pod_ip
+        for p in pods.items
+        if p.metadata.deletion_timestamp is None
+        and p.status.pod_ip
+        and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
+    ]
+
+
+def _generate(address: str) -> bool:
+    triton = httpclient.InferenceServerClient(f"{address}:8000", network_timeout=30, connection_timeout=5)
+    text = httpclient.InferInput("text_input", [1, 1], "BYTES")
+    text.set_data_from_numpy(np.array([[b"hello"]], dtype=object))
+    tokens = httpclient.InferInput("max_tokens", [1, 1], "INT32")
+    tokens.set_data_from_numpy(np.array([[2]], dtype=np.int32))
+    try:
+        triton.infer("model", [text, tokens])
+    except Exception:  # a pod going away: the round tries the next endpoint
+        return False
+    return True
+
+
+class Watch:
+    """Every round: the Deployment's ready replicas, and whether any ready endpoint served a request."""
+
+    def __init__(self, kube: client.ApiClient, namespace: str, name: str) -> None:
+        self.kube, self.namespace, self.name = kube, namespace, name
+        self.rounds: list[tuple[int, bool]] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        apps = client.AppsV1Api(self.kube)
+        while not self.stop.is_set():
+            ready = apps.read_namespaced_deployment(self.name, self.namespace).status.ready_replicas or 0
+            served = any(_generate(a) for a in _ready_endpoints(self.kube, self.namespace, self.name))
+            self.rounds.append((ready, served))
+            self.stop.wait(0.3)
+
+    def __enter__(self) -> Watch:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=60)
+
+
+@pytest.mark.triton
+def test_a_model_update_keeps_a_ready_replica_serving_throughout_then_collects_the_old_build(
+    kube: client.ApiClient, namespace: str, llmds: LLMDs, tiny_checkpoint: Path, model_cache: Path
+) -> None:
+    spec = {
+        "model": {"source": str(tiny_checkpoint)},
+        "resources": {"gpu": {"count": 0}, "cpu": "250m", "memory": "1Gi"},
+        "autoscaling": {"minReplicas": 1, "maxReplicas": 1},
+    }
+    llmds.create("live", spec)
+    obj = wait_for(lambda: _serving(llmds, "live"), timeout=240, what="a real Triton pod Ready")
+    old_key = obj["status"]["build"]["key"]
+    assert any(_generate(a) for a in _ready_endpoints(kube, namespace, "live"))
+
+    with Watch(kube, namespace, "live") as watch:
+        llmds.patch_spec("live", {"quantization": {"mode": "int8-weight-only", "qualityGate": LOOSE}})
+        new = wait_for(
+            lambda: (b := _build(llmds, "live")).get("servingKey") not in (None, old_key) and b,
+            timeout=180,
+            what="the new build served",
+        )
+        wait_for(
+            lambda: _serving(llmds, "live") and llmds.condition("live", "Progressing").get("status") == "False",
+            timeout=240,
+            what="rollout complete",
+        )
+        time.sleep(2)
+    assert len(watch.rounds) > 20
+    assert min(ready for ready, _ in watch.rounds) >= 1, "a moment without a ready replica"
+    failed = [i for i, (_, served) in enumerate(watch.rounds) if not served]
+    assert not failed, f"rounds {failed} of {len(watch.rounds)} found no endpoint that served"
+    assert new["key"] != old_key
+
+    # The old build is used by nothing now; with the test operator's budget of 0 it is collected.
+    wait_for(lambda: old_key not in _catalogue(kube, namespace), timeout=60, what="old build out of the catalogue")
+    assert not (model_cache / namespace / old_key).exists()
+    assert (model_cache / namespace / new["key"] / "repository").is_dir()
