@@ -26,11 +26,13 @@ import torch
 
 from . import runtime
 from .build_key import compute_build_key
+from .calibration_text import CALIBRATION_TEXT
 from .checkpoint import Checkpoint, ModelKind, hash_files, inspect_checkpoint
 from .errors import CheckpointError, UnsupportedModeError
 from .options import Backend, BuildOptions, Mode
-from .quality import check_gate, evaluate
-from .quantize import check_supported, fp8_weight_proxy, quantize_model
+from .prune import prune_model, zero_fraction
+from .quality import MAX_EVAL_TOKENS, check_gate, evaluate
+from .quantize import check_supported, column_importance, fp8_weight_proxy, quantize_model
 from .report import REPORT_FILE, REPOSITORY_DIR, SCHEMA_VERSION, library_versions, read_report, write_report
 from .triton_config import WARMUP_FOLDER, python_model_config, render_config, warmup_files
 from .version import BUILDER_VERSION
@@ -120,15 +122,26 @@ def _build_into(staging: Path, checkpoint: Checkpoint, key: str, options: BuildO
     device = "cuda" if options.mode is Mode.FP8 and not vllm_fp8 else "cpu"
     reference = _load_reference(checkpoint, device)
     candidate = copy.deepcopy(reference.model)
+    pruning = prune_model(candidate, options.sparsity)
     # vLLM quantizes fp8 itself at load time; the repository carries bf16 weights for it.
-    summary = quantize_model(candidate, Mode.BF16 if vllm_fp8 else options.mode, options.group_size)
+    mode = Mode.BF16 if vllm_fp8 else options.mode
+    importance = None
+    if mode is Mode.INT4_WEIGHT_ONLY:
+        context = int(getattr(reference.model.config, "max_position_embeddings", MAX_EVAL_TOKENS))
+        ids = reference.tokenizer(CALIBRATION_TEXT, return_tensors="pt").input_ids[:, : min(context, MAX_EVAL_TOKENS)]
+        importance = column_importance(reference.model, ids)
+    summary = quantize_model(candidate, mode, options.group_size, pruned=pruning.layers > 0, importance=importance)
     model_dir = staging / REPOSITORY_DIR / options.model_name
     weights_dir = model_dir / "1" / "weights"
     save_weights(candidate, reference.tokenizer, weights_dir, str(checkpoint.kind), str(options.mode), summary)
-    del candidate
-    # The gate measures what Triton will load: the weights read back from the repository.
-    served = runtime.load_model(weights_dir, device)
+    quantization = summary.to_dict()
+    del candidate, summary
+    # The gate measures what Triton will load: the weights read back from the repository, run the
+    # way the served model.py runs them.
+    served = runtime.load_model(weights_dir, device, dequantize=options.dequantize_at_load)
     measured_on = "weights reloaded from the repository"
+    if options.dequantize_at_load:
+        measured_on += ", de-quantized to float32 at load as served"
     if vllm_fp8:
         fp8_weight_proxy(served.model)
         measured_on = "CPU proxy: fp8 weights (torchao Float8WeightOnlyConfig); vLLM also quantizes activations"
@@ -152,7 +165,8 @@ def _build_into(staging: Path, checkpoint: Checkpoint, key: str, options: BuildO
             "files": checkpoint.file_hashes,
         },
         "options": options.to_dict(),
-        "quantization": summary.to_dict(),
+        "quantization": quantization,
+        "pruning": {**pruning.to_dict(), "served_zero_fraction": zero_fraction(served.model)},
         "quality": {
             **metrics,
             "thresholds": dataclasses.asdict(options.thresholds),

@@ -36,6 +36,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--backend", choices=[str(b) for b in Backend], default=str(Backend.PYTHON))
     parser.add_argument("--model-name", default="model")
     parser.add_argument("--group-size", type=int, default=32, help="int4 group size (32, 64, 128, 256)")
+    parser.add_argument(
+        "--sparsity",
+        type=float,
+        default=0.0,
+        help="fraction in [0, 1) of each body Linear row's weights to zero (smallest first) before quantizing; "
+        "the repository stays dense",
+    )
     parser.add_argument("--alias", help="also name the build OUTPUT_ROOT/ALIAS (a symlink; the operator's build key)")
     parser.add_argument(
         "--termination-log", help="write a JSON summary, or the error, here (a Kubernetes termination message)"
@@ -54,6 +61,11 @@ def register(subparsers: Any) -> None:
     serving.add_argument("--torch-threads", type=int, default=0, help="0 = torch's default")
     serving.add_argument("--response-cache", action="store_true")
     serving.add_argument("--no-warmup", action="store_true")
+    serving.add_argument(
+        "--dequantize-at-load",
+        action="store_true",
+        help="int8/int4-weight-only: serve float32 weights de-quantized at load (fast on CPU, float32 memory)",
+    )
     serving.add_argument("--vllm-model-root", default="/models", help="where the vLLM container mounts the repository")
     gate = parser.add_argument_group("quality gate (defaults depend on --mode)")
     gate.add_argument("--max-perplexity-increase", type=float, help="relative, e.g. 0.02 for 2%%")
@@ -94,6 +106,8 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
         warmup=not args.no_warmup,
         quality=quality,
         vllm_model_root=args.vllm_model_root,
+        sparsity=args.sparsity,
+        dequantize_at_load=args.dequantize_at_load,
     )
 
 

@@ -22,6 +22,10 @@ class Mode(StrEnum):
     FP8 = "fp8"
 
 
+# Modes stored in the builder's packed integer layout (see quantize.py); they can be de-quantized at load.
+PACKED_MODES = (Mode.INT8_WEIGHT_ONLY, Mode.INT4_WEIGHT_ONLY)
+
+
 class Backend(StrEnum):
     PYTHON = "python"
     VLLM = "vllm"
@@ -93,6 +97,12 @@ class BuildOptions:
     quality: QualityThresholds | None = None
     # Where the serving container mounts the repository: vLLM's model.json needs an absolute path.
     vllm_model_root: str = "/models"
+    # Fraction of each body Linear row's weights (all Linear layers but the LM head) set to zero, the
+    # smallest magnitudes first, before quantization. The repository stays dense (see docs/builder.md).
+    sparsity: float = 0.0
+    # Packed modes: the server de-quantizes the weights once at load into float32 layers (float32
+    # memory, float32 decode speed) instead of on every call (small memory, slower on CPU).
+    dequantize_at_load: bool = False
 
     def __post_init__(self) -> None:
         if not self.model_name or not all(c.isalnum() or c in "-_." for c in self.model_name):
@@ -101,6 +111,17 @@ class BuildOptions:
             raise ValueError("group_size must be 32, 64, 128 or 256")
         if self.instance_count < 1:
             raise ValueError("instance_count must be at least 1")
+        if not (isinstance(self.sparsity, int | float) and 0.0 <= self.sparsity < 1.0):
+            raise ValueError(
+                f"sparsity must be a number in [0, 1) (the fraction of weights to zero), got {self.sparsity!r}"
+            )
+        # 0 and 0.0 are the same option, and must give the same build key.
+        object.__setattr__(self, "sparsity", float(self.sparsity))
+        if self.dequantize_at_load and self.mode not in PACKED_MODES:
+            raise ValueError(
+                f"dequantize_at_load applies to modes {[str(m) for m in PACKED_MODES]}; mode {self.mode} "
+                "is not stored packed"
+            )
 
     @property
     def thresholds(self) -> QualityThresholds:

@@ -164,12 +164,12 @@ def python_model_config(kind: ModelKind, options: BuildOptions, embedding_size: 
     parameters = {"weights": "weights", "torch_threads": str(options.torch_threads)}
     if kind is ModelKind.CAUSAL_LM:
         parameters["default_max_tokens"] = str(options.default_max_tokens)
+    if options.dequantize_at_load:
+        parameters["dequantize_at_load"] = "true"
     warmup: tuple[Warmup, ...] = ()
     if options.warmup:
         by_name = {tensor.name: tensor for tensor in inputs}
-        warmup_inputs = {
-            name: WarmupInput(by_name[name].data_type, (1,), name) for name in warmup_files(kind)
-        }
+        warmup_inputs = {name: WarmupInput(by_name[name].data_type, (1,), name) for name in warmup_files(kind)}
         warmup = (Warmup("warmup", warmup_inputs),)
     return ModelConfig(
         name=options.model_name,

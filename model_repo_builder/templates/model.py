@@ -42,7 +42,8 @@ class TritonPythonModel:
         if args["model_instance_kind"] == "GPU":
             device = f"cuda:{args['model_instance_device_id']}"
         weights = os.path.join(os.path.dirname(os.path.abspath(__file__)), params.get("weights", "weights"))
-        self.loaded = runtime.load_model(weights, device)
+        dequantize = params.get("dequantize_at_load", "false") == "true"
+        self.loaded = runtime.load_model(weights, device, dequantize=dequantize)
         self.default_max_tokens = int(params.get("default_max_tokens", "64"))
 
     def _parse(self, request):

@@ -47,7 +47,8 @@ def builder_args(spec: Mapping[str, Any], key: str, source: str) -> list[str]:
     args = [
         "build", source, MODEL_MOUNT, f"--alias={key}", "--termination-log=/dev/termination-log",
         f"--mode={quant['mode']}", f"--backend={serving['backend']}", f"--model-name={serving['modelName']}",
-        f"--group-size={quant['groupSize']}", f"--max-batch-size={serving['maxBatchSize']}",
+        f"--group-size={quant['groupSize']}", f"--sparsity={quant['sparsity']:g}",
+        f"--max-batch-size={serving['maxBatchSize']}",
         f"--max-queue-delay-us={batching['maxQueueDelayMicroseconds']}",
         f"--max-queue-size={batching['maxQueueSize']}",
         f"--queue-timeout-us={batching['queueTimeoutMicroseconds']}",
@@ -57,6 +58,8 @@ def builder_args(spec: Mapping[str, Any], key: str, source: str) -> list[str]:
     args += [f"--preferred-batch-size={size}" for size in batching.get("preferredBatchSizes") or []]
     if not batching["enabled"]:
         args.append("--no-dynamic-batching")
+    if quant["dequantizeAtLoad"]:
+        args.append("--dequantize-at-load")
     if serving["responseCache"]:
         args.append("--response-cache")
     gate = quant.get("qualityGate") or {}

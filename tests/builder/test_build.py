@@ -19,7 +19,15 @@ from model_repo_builder import (
     build,
 )
 from model_repo_builder.options import Backend
-from model_repo_builder.runtime import MANIFEST_FILE, STATE_FILE, generate, load_model
+from model_repo_builder.runtime import (
+    MANIFEST_FILE,
+    PACKED_FORMAT,
+    STATE_FILE,
+    PackedEmbedding,
+    PackedLinear,
+    generate,
+    load_model,
+)
 
 from .conftest import LOOSE
 
@@ -46,15 +54,22 @@ def test_every_cpu_mode_builds_shrinks_and_reloads(mode: Mode, tiny_llama: Path,
     assert size["quantized_weights_bytes"] < size["fp32_weights_bytes"] or mode is Mode.NONE
     assert set(report["versions"]) >= {"torch", "torchao", "transformers", "python"}
     manifest = json.loads((result.weights_dir / MANIFEST_FILE).read_text())
-    quantized = mode in (Mode.INT8_WEIGHT_ONLY, Mode.INT8_DYNAMIC, Mode.INT4_WEIGHT_ONLY)
-    assert manifest["format"] == ("torch-state-dict" if quantized else "safetensors")
+    packed = mode in (Mode.INT8_WEIGHT_ONLY, Mode.INT4_WEIGHT_ONLY)
+    quantized = packed or mode is Mode.INT8_DYNAMIC
+    assert manifest["format"] == (PACKED_FORMAT if packed else "torch-state-dict" if quantized else "safetensors")
     assert (result.weights_dir / STATE_FILE).is_file() == quantized
     model_dir = result.repository / "model"
     assert {p.name for p in (model_dir / "1").iterdir()} == {"model.py", "batchline_runtime.py", "weights"}
-    if quantized:
+    loaded = load_model(result.weights_dir)
+    embedding, head = loaded.model.get_input_embeddings(), loaded.model.get_output_embeddings()
+    if packed:
+        # The tied embedding is stored once, and the packed LM head shares it.
+        assert isinstance(embedding, PackedEmbedding) and isinstance(head, PackedLinear)
+        assert embedding.packed is head.packed
+        assert isinstance(loaded.model.model.layers[0].mlp.up_proj, PackedLinear)
+    elif quantized:
         # The tied embedding is stored once, shared with the int8 LM head.
-        loaded = load_model(result.weights_dir)
-        assert loaded.model.get_input_embeddings().weight is loaded.model.get_output_embeddings().weight
+        assert embedding.weight is head.weight
         assert type(loaded.model.model.layers[0].mlp.up_proj.weight).__name__ != "Parameter"
 
 
@@ -62,10 +77,11 @@ def test_gpt2_conv1d_layers_are_quantized(tiny_gpt2: Path, tmp_path: Path) -> No
     result = build(tiny_gpt2, tmp_path, BuildOptions(mode=Mode.INT4_WEIGHT_ONLY, quality=LOOSE))
     quantization = result.report["quantization"]
     assert quantization["conv1d_to_linear"] and not quantization["tied_embedding"]
-    # 2 blocks x 4 Conv1D + the untied head in int4; token and position embeddings in int8.
-    assert quantization["layers"] == {"int4-weight-only": 9, "int8-weight-only": 2}
+    # 2 blocks x 4 Conv1D, the untied head, the token and the position embeddings, all int4.
+    assert quantization["layers"] == {"int4-weight-only": 11}
     loaded = load_model(result.weights_dir)
-    assert type(loaded.model.transformer.h[0].attn.c_attn.weight).__name__ == "Int4OpaqueTensor"
+    c_attn = loaded.model.transformer.h[0].attn.c_attn
+    assert isinstance(c_attn, PackedLinear) and c_attn.packed.bits == 4 and c_attn.bias is not None
 
 
 def test_same_inputs_give_the_same_key_and_files(tiny_llama: Path, tmp_path: Path) -> None:
@@ -162,7 +178,15 @@ def _without(*names: str):
         ),
     ],
     ids=[
-        "missing", "no-config", "no-weights", "no-tokenizer", "corrupt", "unsupported", "fp8-cpu", "vllm-int8", "gate"
+        "missing",
+        "no-config",
+        "no-weights",
+        "no-tokenizer",
+        "corrupt",
+        "unsupported",
+        "fp8-cpu",
+        "vllm-int8",
+        "gate",
     ],
 )
 def test_bad_builds_fail_clearly_and_leave_nothing(

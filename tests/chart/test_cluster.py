@@ -248,11 +248,14 @@ def cycle(cluster: Any, chart_crds: None, namespaces: tuple[str, str], tiny_chec
     custom = _custom(cluster)
     since = time.time()
     try:
-        for replica in replicas:
-            replica.start()
-        for replica in replicas:
-            replica.wait_for_log("Activity 'startup' succeeded", timeout=90)
         standby, active = replicas
+        # The active one first. A standby that starts alone is active until it sees its peer; once (the
+        # CRD's storage still re-initializing, its watch retrying) it reconciled an object created
+        # after it had logged the pause. Pods that start together can meet that moment in a real
+        # rollout too; both apply the same desired state with server-side apply, so it is harmless.
+        for replica in (active, standby):
+            replica.start()
+            replica.wait_for_log("Activity 'startup' succeeded", timeout=90)
         wait_for(lambda: _peers(cluster, watched, release) == {f"{service_account}-0": 0, f"{service_account}-1": 1},
                  what="both replicas in the peering")
         wait_for(lambda: not _paused(active.log_text()) and _paused(standby.log_text()), timeout=30,

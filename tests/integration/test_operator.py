@@ -177,6 +177,16 @@ def _event_reasons(kube: client.ApiClient, namespace: str, name: str) -> list[st
     return [e.reason for e in events]
 
 
+def _deployment_exists(kube: client.ApiClient, namespace: str, name: str) -> bool:
+    try:
+        client.AppsV1Api(kube).read_namespaced_deployment(name, namespace)
+    except client.ApiException as err:
+        if err.status == 404:
+            return False
+        raise
+    return True
+
+
 def test_specs_the_cluster_cannot_honour_get_reasons_and_no_hot_loop(
     kube: client.ApiClient, namespace: str, llmds: LLMDs, cluster: Any, operator: OperatorProcess
 ) -> None:
@@ -197,6 +207,10 @@ def test_specs_the_cluster_cannot_honour_get_reasons_and_no_hot_loop(
     with pytest.raises(client.ApiException) as err:
         client.AppsV1Api(kube).read_namespaced_deployment("s3", namespace)
     assert err.value.status == 404
+    # b200's source is fine: its model builds and its Deployment appears (its pods stay Pending).
+    # Let that settle before the quiet window, so that only a retry loop can write in it.
+    wait_for(lambda: llmds.condition("b200", "ModelReady").get("status") == "True", timeout=180, what="b200 built")
+    wait_for(lambda: _deployment_exists(kube, namespace, "b200"), what="b200 Deployment")
 
     time.sleep(2)
     since = time.time()
@@ -213,6 +227,8 @@ INVALID = [
     ("min-over-max", {"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}, "spec.autoscaling.minReplicas"),
     ("fp8-python", {"quantization": {"mode": "fp8"}}, "fp8 is GPU-only and needs the vllm backend"),
     ("negative-gpus", {"resources": {"gpu": {"count": -1}}}, "spec.resources.gpu.count"),
+    ("dequantize-fp32", {"quantization": {"dequantizeAtLoad": True}}, "spec.quantization.dequantizeAtLoad applies"),
+    ("all-pruned", {"quantization": {"sparsity": 1}}, "spec.quantization.sparsity"),
     ("odd-quantile", {"autoscaling": {"latencyQuantile": 0.3}}, "spec.autoscaling.latencyQuantile"),
     ("bad-task", {"model": {"task": "classification"}}, "spec.model.task: Unsupported value"),
     ("embed-vllm", {"model": {"task": "embeddings"}, "serving": {"backend": "vllm"}}, "spec.serving.backend"),

@@ -19,6 +19,9 @@ def test_builder_args_carry_every_build_input_of_the_spec() -> None:
     )["spec"]
     args = builder_args(spec, "k1", "/ckpt")
     assert args[:4] == ["build", "/ckpt", "/models", "--alias=k1"]
+    assert "--sparsity=0" in args and "--dequantize-at-load" not in args
+    pruned = llmd(quantization={"mode": "int8-weight-only", "sparsity": 0.25, "dequantizeAtLoad": True})["spec"]
+    assert {"--sparsity=0.25", "--dequantize-at-load"} <= set(builder_args(pruned, "k2", "/ckpt"))
     for expected in ("--mode=int4-weight-only", "--group-size=64", "--max-batch-size=16", "--model-name=chat",
                      "--instance-kind=KIND_CPU", "--preferred-batch-size=4", "--preferred-batch-size=8",
                      "--max-perplexity-increase=0.05", "--termination-log=/dev/termination-log"):  # fmt: skip
