@@ -7,10 +7,8 @@ a write on every resync. Batchline posts only condition transitions (see status.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Mapping
-from typing import Any, cast
-
-from kubernetes import client
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from batchline import api
 from batchline.status import Event
@@ -43,9 +41,8 @@ def event_body(llmd: Mapping[str, Any], event: Event, now: datetime.datetime) ->
 
 
 class EventPoster:
-    def __init__(self, core: client.CoreV1Api) -> None:
-        self._core = core
+    def __init__(self, create: Callable[[dict[str, Any]], None]) -> None:
+        self._create = create  # e.g. Applier.create
 
     def __call__(self, llmd: Mapping[str, Any], event: Event) -> None:
-        body = event_body(llmd, event, datetime.datetime.now(datetime.UTC))
-        self._core.create_namespaced_event(body["metadata"]["namespace"], cast(Any, body))
+        self._create(event_body(llmd, event, datetime.datetime.now(datetime.UTC)))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
 from typing import Any
 
 import kopf
@@ -20,16 +22,28 @@ from batchline.config import OperatorConfig
 from batchline.events import EventPoster
 from batchline.model_cache import CacheEntry
 from batchline.observed import BuildPodView, DeploymentView, JobView, NodeView, PodView
+from batchline.passes import Passes
 from batchline.reconcile import Writers, reconcile
 from batchline.scaling import Scaler, ScaleView
 from batchline.status import Event
 
 CONFIG = OperatorConfig.from_env()
+PASS_WORKERS = 16  # reconcile passes at once (see passes.py)
 OWNED = {api.LABEL_LLMD: kopf.PRESENT}
 BUILDS = {api.LABEL_BUILD_KEY: kopf.PRESENT}
 CATALOGUE = {api.LABEL_CACHE: "catalogue"}
 CACHE_GC = {api.LABEL_CACHE: "gc"}
 Key = tuple[str, str]
+# The kinds Batchline makes and watches (all but nodes and LLMDeployments): see startup().
+WATCHED_CHILDREN = (
+    ("apps", "v1", "deployments"),
+    ("", "v1", "pods"),
+    ("", "v1", "services"),
+    ("policy", "v1", "poddisruptionbudgets"),
+    ("monitoring.coreos.com", "v1", "podmonitors"),
+    ("", "v1", "configmaps"),
+    ("batch", "v1", "jobs"),
+)
 
 
 def _owner_key(namespace: str | None, labels: Mapping[str, str]) -> Key:
@@ -40,8 +54,10 @@ def _hash(body: kopf.Body) -> str | None:
     return body.metadata.annotations.get(api.ANNOTATION_APPLIED_HASH)
 
 
+# The indexes only compact a body, so they are async: kopf runs them on its event loop, with no hop to a
+# worker thread for each watch event.
 @kopf.index("", "v1", "nodes")
-def gpu_nodes(body: kopf.Body, **_: Any) -> dict[None, NodeView]:
+async def gpu_nodes(body: kopf.Body, **_: Any) -> dict[None, NodeView]:
     return {None: NodeView.from_body(body)}
 
 
@@ -53,60 +69,62 @@ def _trimmed(body: kopf.Body) -> dict[str, Any]:
 
 
 @kopf.index(api.GROUP, api.VERSION, api.PLURAL)
-def llmds(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
+async def llmds(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
     return {(namespace or "", name): _trimmed(body)}
 
 
 @kopf.index(api.GROUP, api.VERSION, api.PLURAL)
-def llmds_by_key(namespace: str | None, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
+async def llmds_by_key(namespace: str | None, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
     """LLMDeployments by the build they want: the owners of a shared build Job."""
     return {(namespace or "", repository_key(body.spec)): _trimmed(body)}
 
 
 @kopf.index("batch", "v1", "jobs", labels=BUILDS)
-def build_jobs(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, JobView]:
+async def build_jobs(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, JobView]:
     return {(namespace or "", labels[api.LABEL_BUILD_KEY]): JobView.from_body(body)}
 
 
 @kopf.index("", "v1", "pods", labels=BUILDS)
-def build_pods(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, BuildPodView]:
+async def build_pods(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, BuildPodView]:
     return {(namespace or "", labels[api.LABEL_BUILD_KEY]): BuildPodView.from_body(body)}
 
 
 @kopf.index("", "v1", "configmaps", labels=CATALOGUE)
-def cache_catalogues(namespace: str | None, body: kopf.Body, **_: Any) -> dict[str, dict[str, CacheEntry]]:
+async def cache_catalogues(namespace: str | None, body: kopf.Body, **_: Any) -> dict[str, dict[str, CacheEntry]]:
     return {namespace or "": model_cache.entries(body.get("data"))}
 
 
 @kopf.index("batch", "v1", "jobs", labels=CACHE_GC)
-def cache_gc_jobs(namespace: str | None, body: kopf.Body, **_: Any) -> dict[str, JobView]:
+async def cache_gc_jobs(namespace: str | None, body: kopf.Body, **_: Any) -> dict[str, JobView]:
     return {namespace or "": JobView.from_body(body)}
 
 
 @kopf.index("apps", "v1", "deployments", labels=OWNED)
-def llmd_deployments(
+async def llmd_deployments(
     namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
 ) -> dict[Key, DeploymentView]:
     return {_owner_key(namespace, labels): DeploymentView.from_body(body)}
 
 
 @kopf.index("", "v1", "pods", labels=OWNED)
-def llmd_pods(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, PodView]:
+async def llmd_pods(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, PodView]:
     return {_owner_key(namespace, labels): PodView.from_body(body)}
 
 
 @kopf.index("", "v1", "services", labels=OWNED)
-def llmd_services(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, str | None]:
+async def llmd_services(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, str | None]:
     return {_owner_key(namespace, labels): _hash(body)}
 
 
 @kopf.index("policy", "v1", "poddisruptionbudgets", labels=OWNED)
-def llmd_pdbs(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, str | None]:
+async def llmd_pdbs(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, str | None]:
     return {_owner_key(namespace, labels): _hash(body)}
 
 
 @kopf.index("monitoring.coreos.com", "v1", "podmonitors", labels=OWNED)
-def llmd_podmonitors(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, str | None]:
+async def llmd_podmonitors(
+    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[Key, str | None]:
     return {_owner_key(namespace, labels): _hash(body)}
 
 
@@ -156,29 +174,40 @@ class IndexView:
         return list(self._ix["llmds_by_key"].get((namespace, key), []))
 
 
+class NoDiffBase(kopf.AnnotationsDiffBaseStorage):
+    """kopf builds a diff base (a deep copy of the body, less status) on every watch event of every watched
+    kind, for change-detecting handlers (on.create/update/resume/field). Batchline has none: its handlers are
+    on.event, timers and indexes, which never see a diff. So the diff base is empty, and nothing is copied."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+
 @kopf.on.startup()
 def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=api.GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=api.GROUP, key="last-handled-configuration"
-    )
+    settings.persistence.diffbase_storage = NoDiffBase(prefix=api.GROUP, key="last-handled-configuration")
     settings.persistence.finalizer = f"{api.GROUP}/finalizer"
-    settings.execution.max_workers = 16
     settings.posting.enabled = False  # Events come from events.EventPoster, on transitions only
+    # kopf's `labels=` filters on handlers and indexes act client-side: without a server-side selector the
+    # operator would list and watch every pod, Deployment, Service, ConfigMap and Job of the cluster, and
+    # hold back all handlers until it had taken in each one. Everything Batchline makes carries managed-by.
+    for kind in WATCHED_CHILDREN:
+        settings.watching.label_selectors[kind] = f"{api.LABEL_MANAGED_BY}={api.MANAGED_BY}"
     settings.watching.server_timeout = 300
     try:
         config.load_incluster_config()
     except config.ConfigException:
         config.load_kube_config()
     configuration = client.Configuration.get_default_copy()
-    configuration.connection_pool_maxsize = 32  # above settings.execution.max_workers
+    configuration.connection_pool_maxsize = 32  # above PASS_WORKERS
     api_client = client.ApiClient(configuration)
     applier = Applier(api_client)
     core = client.CoreV1Api(api_client)
-    memo.writers = Writers(applier, client.CustomObjectsApi(api_client), EventPoster(core), core=core)
+    memo.writers = Writers(applier, applier, EventPoster(applier.create), core=core)
     memo.with_pod_monitor = applier.has_kind("monitoring.coreos.com/v1", "PodMonitor")
-    memo.locks = {}
-    memo.locks_guard = threading.Lock()
+    memo.indexes = {}  # kopf's live indexes, as the first handler call hands them over (see _trigger)
+    memo.passes = Passes[Key](lambda key: _pass(key, memo), PASS_WORKERS)
     # No retries: a tick that cannot reach Prometheus holds replicas and says so; the next tick tries again.
     prom = PrometheusConnect(url=CONFIG.prometheus_url, disable_ssl=True, retry=Retry(total=0), timeout=10)
     memo.scaler = Scaler(prom, CONFIG.query_config())
@@ -199,14 +228,9 @@ def _refresh_metrics(scaler: Scaler, stop: threading.Event) -> None:
 @kopf.on.cleanup()
 def cleanup(memo: kopf.Memo, **_: Any) -> None:
     memo.stop.set()
+    memo.passes.shutdown()
     if memo.metrics_server is not None:
         memo.metrics_server.shutdown()
-
-
-def _lock(memo: kopf.Memo, key: Key) -> threading.Lock:
-    with memo.locks_guard:
-        lock: threading.Lock = memo.locks.setdefault(key, threading.Lock())
-        return lock
 
 
 def _scale(llmd: Mapping[str, Any], memo: kopf.Memo, view: IndexView) -> ScaleView:
@@ -225,12 +249,14 @@ def _scale(llmd: Mapping[str, Any], memo: kopf.Memo, view: IndexView) -> ScaleVi
     return scale
 
 
-def _run(llmd: Mapping[str, Any], memo: kopf.Memo, indexes: Mapping[str, Any]) -> None:
-    meta = llmd["metadata"]
-    if meta.get("deletionTimestamp"):
+def _pass(key: Key, memo: kopf.Memo) -> None:
+    """One reconcile pass, on the newest body: the triggers of a queued pass are folded into it."""
+    store = memo.indexes["llmds"].get(key)
+    llmd = next(iter(store), None) if store else None
+    if llmd is None or llmd["metadata"].get("deletionTimestamp"):
         return  # children go with their owner through garbage collection
-    view = IndexView(indexes)
-    with _lock(memo, (meta["namespace"], meta["name"])), metrics.reconciling(meta["namespace"], meta["name"]) as run:
+    view = IndexView(memo.indexes)
+    with metrics.reconciling(*key) as run:
         run.writes = reconcile(llmd, view, memo.writers, CONFIG, memo.with_pod_monitor, _scale(llmd, memo, view))
 
 
@@ -249,18 +275,25 @@ INDEX_NAMES = (
 )
 
 
-def _indexes(kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    return {name: kwargs[name] for name in INDEX_NAMES}
+def _trigger(key: Key, memo: kopf.Memo, kwargs: Mapping[str, Any]) -> Future[None] | None:
+    if not memo.indexes:  # the same live objects in every call
+        memo.indexes.update({name: kwargs[name] for name in INDEX_NAMES})
+    queued: Future[None] | None = memo.passes.trigger(key)
+    return queued
 
 
+# The handlers below only queue a pass (see passes.py): async, so kopf runs them without a thread hop.
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
-def llmd_changed(type: str | None, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+async def llmd_changed(type: str | None, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     if type == "DELETED":
         memo.writers.forget(body.metadata.uid)
         memo.scaler.forget(body.metadata.uid)
         metrics.forget(body.metadata.namespace or "", body.metadata.name or "")
-    else:
-        _run(_trimmed(body), memo, _indexes(kwargs))
+    elif queued := _trigger((body.metadata.namespace or "", body.metadata.name or ""), memo, kwargs):
+        # kopf adds its finalizer (the timer needs one) with a PATCH after this handler returns. Returning
+        # once the pass is done paces those PATCHes at the pass rate: at once, N new objects would open N
+        # connections in kopf's unlimited pool (150 MB more RSS and a burst of TLS handshakes at N=500).
+        await asyncio.wrap_future(queued)
 
 
 # Timers start a moment late: a timer that kopf spawns in the moment it pauses a standby (kopf #1266)
@@ -268,76 +301,71 @@ def llmd_changed(type: str | None, body: kopf.Body, memo: kopf.Memo, **kwargs: A
 FIRST_TICK_DELAY = 2.0
 
 
-@kopf.timer(api.GROUP, api.VERSION, api.PLURAL, interval=CONFIG.resync_seconds, initial_delay=FIRST_TICK_DELAY)
-def resync(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
-    _run(_trimmed(body), memo, _indexes(kwargs))
-
-
 @kopf.timer(
     api.GROUP,
     api.VERSION,
     api.PLURAL,
-    interval=CONFIG.autoscale_tick_seconds,
+    interval=min(CONFIG.resync_seconds, CONFIG.autoscale_tick_seconds),
     initial_delay=FIRST_TICK_DELAY,
 )
-def autoscale(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
-    """A pass per tick, so each object's autoscaler sees every fetched sample."""
-    _run(_trimmed(body), memo, _indexes(kwargs))
-
-
-def _owner_changed(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, kwargs: Mapping[str, Any]) -> None:
-    key = _owner_key(namespace, labels)
-    store = kwargs["llmds"].get(key)
-    owner = next(iter(store), None) if store else None
-    if owner is not None:
-        _run(owner, memo, _indexes(kwargs))
+async def resync(namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
+    """The resync and the autoscaler's tick in one pass, at least once per tick, so each object's
+    autoscaler sees every fetched sample (kopf stops timers while peering has the operator paused)."""
+    _trigger((namespace or "", name), memo, kwargs)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=OWNED)
-def deployment_changed(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any) -> None:
-    _owner_changed(namespace, labels, memo, kwargs)
+async def deployment_changed(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any) -> None:
+    _trigger(_owner_key(namespace, labels), memo, kwargs)
 
 
 @kopf.on.event("", "v1", "pods", labels=OWNED)
-def pod_changed(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any) -> None:
-    _owner_changed(namespace, labels, memo, kwargs)
+async def pod_changed(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any) -> None:
+    _trigger(_owner_key(namespace, labels), memo, kwargs)
 
 
 @kopf.timer("", "v1", "configmaps", labels=CATALOGUE, interval=CONFIG.resync_seconds, initial_delay=FIRST_TICK_DELAY)
-def collect_cache(namespace: str | None, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
-    """Keeps each namespace's model cache within its budget; builds in use are never collected."""
+async def collect_cache(namespace: str | None, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+    """Keeps each namespace's model cache within its budget; builds in use are never collected. What is in
+    use is read here, on the event loop, where no watch event changes the indexes mid-read; the writes run
+    on a thread."""
     ns = namespace or ""
     wanted = {key for (n, key) in kwargs["llmds_by_key"] if n == ns}
     served = {d.model_key for (n, _), store in kwargs["llmd_deployments"].items() if n == ns for d in store}
     jobs = list(kwargs["cache_gc_jobs"].get(ns, []))
     cache = model_cache.entries(body.get("data"))
     writers = memo.writers
-    cache_collector.collect(ns, cache, wanted | {k for k in served if k}, jobs, writers.applier, writers.core, CONFIG)
+    in_use = wanted | {k for k in served if k}
+    await asyncio.to_thread(cache_collector.collect, ns, cache, in_use, jobs, writers.applier, writers.core, CONFIG)
+
+
+def _llmd_key(llmd: Mapping[str, Any]) -> Key:
+    return (llmd["metadata"]["namespace"], llmd["metadata"]["name"])
 
 
 def _build_changed(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, kwargs: Mapping[str, Any]) -> None:
     """A build Job or pod moved: every LLMDeployment waiting for that build takes a pass."""
     for llmd in list(kwargs["llmds_by_key"].get((namespace or "", labels[api.LABEL_BUILD_KEY]), [])):
-        _run(llmd, memo, _indexes(kwargs))
+        _trigger(_llmd_key(llmd), memo, kwargs)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=BUILDS)
-def build_job_changed(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any) -> None:
+async def build_job_changed(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any) -> None:
     _build_changed(namespace, labels, memo, kwargs)
 
 
 @kopf.on.event("", "v1", "pods", labels=BUILDS)
-def build_pod_changed(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any) -> None:
+async def build_pod_changed(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any) -> None:
     _build_changed(namespace, labels, memo, kwargs)
 
 
 @kopf.on.event("", "v1", "configmaps", labels=CATALOGUE)
-def catalogue_changed(namespace: str | None, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+async def catalogue_changed(namespace: str | None, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     """A build was recorded: LLMDeployments that wait for it roll it out."""
     for key in body.get("data") or {}:
         for llmd in list(kwargs["llmds_by_key"].get((namespace or "", key), [])):
             if (llmd["status"].get("build") or {}).get("phase") != "Ready":
-                _run(llmd, memo, _indexes(kwargs))
+                _trigger(_llmd_key(llmd), memo, kwargs)
 
 
 logging.getLogger("kubernetes.client.rest").setLevel(logging.WARNING)

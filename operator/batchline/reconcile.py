@@ -44,10 +44,18 @@ class ClusterView(Protocol):
     def wanting(self, namespace: str, key: str) -> Sequence[Mapping[str, Any]]: ...
 
 
+class StatusPatcher(Protocol):
+    """What writes an LLMDeployment's status: Applier, or CustomObjectsApi."""
+
+    def patch_namespaced_custom_object_status(
+        self, group: str, version: str, namespace: str, plural: str, name: str, body: Mapping[str, Any]
+    ) -> Any: ...
+
+
 @dataclass
 class Writers:
     applier: Applier
-    custom: client.CustomObjectsApi
+    custom: StatusPatcher
     post_event: Callable[[Mapping[str, Any], Event], None]
     # (resourceVersion, status) of the last status write per object uid: a pass that starts from a
     # body fetched before that write landed must neither write it again nor post its Events twice.
@@ -56,6 +64,29 @@ class Writers:
     # index lags the write by a moment, and a pass in that moment must not apply the same thing again.
     applied: dict[tuple[str, str], tuple[str, float]] = field(default_factory=dict)
     core: client.CoreV1Api | None = None
+    # The hash-stamped children of the last pass per object uid, with what they were built from: most passes
+    # (a child's or the timer's) build the same children again, and stamping hashes them all.
+    children: dict[str, tuple[tuple[Any, ...], list[manifests.Manifest]]] = field(default_factory=dict)
+
+    def desired_children(
+        self,
+        llmd: Mapping[str, Any],
+        replicas: int,
+        config: OperatorConfig,
+        with_pod_monitor: bool,
+        serving_key: str | None,
+    ) -> list[manifests.Manifest]:
+        """manifests.children(), each stamped with its hash (see apply.with_hash); the children are a
+        function of the object's identity and spec (so of its generation) and of these arguments."""
+        meta = llmd["metadata"]
+        inputs = (meta["name"], meta["namespace"], meta.get("generation"), replicas, config, with_pod_monitor,
+                  serving_key)
+        cached = self.children.get(meta["uid"])
+        if cached is not None and cached[0] == inputs:
+            return cached[1]
+        stamped = [with_hash(c) for c in manifests.children(llmd, replicas, config, with_pod_monitor, serving_key)]
+        self.children[meta["uid"]] = (inputs, stamped)
+        return stamped
 
     def record_build(self, namespace: str, entry: CacheEntry, config: OperatorConfig) -> None:
         """Adds a finished build to the namespace's cache catalogue (merging: other keys stay)."""
@@ -85,6 +116,7 @@ class Writers:
 
     def forget(self, uid: str) -> None:
         self.written_status.pop(uid, None)
+        self.children.pop(uid, None)
         for key in [k for k in self.applied if k[0] == uid]:
             del self.applied[key]
 
@@ -108,10 +140,11 @@ def desired_replicas(spec: Mapping[str, Any], deployment: DeploymentView | None,
 
 
 def stale_children(desired: Sequence[manifests.Manifest], view: ClusterView) -> list[manifests.Manifest]:
-    """Children whose live applied-hash differs from the desired one (or that do not exist)."""
+    """Children whose live applied-hash differs from the desired one (or that do not exist); `desired`
+    are stamped (Writers.desired_children), or are stamped here."""
     out = []
     for child in desired:
-        stamped = with_hash(child)
+        stamped = child if api.ANNOTATION_APPLIED_HASH in child["metadata"].get("annotations", {}) else with_hash(child)
         meta = stamped["metadata"]
         if view.child_hash(meta["namespace"], meta["name"], stamped["kind"]) != applied_hash(stamped):
             out.append(stamped)
@@ -205,7 +238,8 @@ def reconcile(
     serving_key = build.key if build.phase == build_state.READY else deployment.model_key if deployment else None
     deployment_written = unseen = False
     if not blocked:
-        kids = manifests.children(llmd, desired, config, with_pod_monitor, serving_key)
+        kids = writers.desired_children(llmd, desired, config, with_pod_monitor, serving_key)
+        applied = []
         for child in stale_children(kids, view):
             if writers.recently_applied(meta["uid"], child):
                 unseen = True  # applied, but its watch event has not reached the index yet
@@ -214,7 +248,9 @@ def reconcile(
             writers.applied[(meta["uid"], child["kind"])] = (applied_hash(child), time.monotonic())
             writes += 1
             deployment_written |= child["kind"] == "Deployment"
-            log.info("applied %s %s/%s", child["kind"], namespace, name)
+            applied.append(child["kind"])
+        if applied:
+            log.info("applied %s of %s/%s", ", ".join(applied), namespace, name)
     if deployment_written or unseen or _rollout_unobserved(deployment, writers, meta["uid"]):
         # The Deployment's watch events start the next pass, which writes the status once the
         # controller-manager has seen the new generation (the resync timer covers it being down).
@@ -228,7 +264,7 @@ def reconcile(
     if new["build"]["phase"] == build_state.FAILED and (current.get("build") or {}).get("phase") != build_state.FAILED:
         metrics.build_finished(namespace, name, succeeded=False, seconds=build.seconds or 0.0)
     if status_changed(current, new):
-        result: dict[str, Any] = writers.custom.patch_namespaced_custom_object_status(  # type: ignore[assignment]
+        result: dict[str, Any] = writers.custom.patch_namespaced_custom_object_status(
             api.GROUP, api.VERSION, namespace, api.PLURAL, name, {"status": merge_patch(current, new)}
         )
         writers.written_status[meta["uid"]] = (_revision(result["metadata"]), new)
