@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from transformers.pytorch_utils import Conv1D
 
-from .runtime import PackedLinear
+from .runtime import PackedLinear, output_head
 
 PATTERN = "unstructured, per output row (smallest |w| first), Linear layers except the LM head"
 
@@ -45,8 +45,7 @@ def body_weights(model: Any) -> Iterator[torch.Tensor]:
 
     Reads float, torchao (de-quantized copy) and packed (de-quantized copy) layers alike.
     """
-    get_output = getattr(model, "get_output_embeddings", None)
-    head = get_output() if get_output else None
+    head = output_head(model)
     for module in model.modules():
         if module is head:
             continue

@@ -30,7 +30,7 @@ from transformers.pytorch_utils import Conv1D
 
 from .errors import UnsupportedModeError
 from .options import PACKED_MODES, Backend, Mode
-from .runtime import PackedWeight, conv1d_to_linear
+from .runtime import PackedWeight, conv1d_to_linear, output_head
 
 FLOAT_DTYPES = {Mode.NONE: torch.float32, Mode.FP16: torch.float16, Mode.BF16: torch.bfloat16}
 VLLM_MODES = (Mode.NONE, Mode.FP16, Mode.BF16, Mode.FP8)
@@ -120,8 +120,7 @@ def quantize_model(
 
 
 def _is_tied(model: Any) -> bool:
-    get_output = getattr(model, "get_output_embeddings", None)
-    output = get_output() if get_output else None
+    output = output_head(model)
     return output is not None and output.weight is model.get_input_embeddings().weight
 
 
@@ -186,8 +185,7 @@ def _quantize_packed(
     model: Any, mode: Mode, group_size: int, tied: bool, pruned: bool, importance: dict[str, torch.Tensor]
 ) -> tuple[dict[str, PackedWeight], dict[str, int]]:
     """Packs every Linear and Embedding weight; the model itself is left as it is."""
-    get_output = getattr(model, "get_output_embeddings", None)
-    head = get_output() if get_output else None
+    head = output_head(model)
     head_name = next((name for name, module in model.named_modules() if module is head), None)
     packed: dict[str, PackedWeight] = {}
     formats: Counter[str] = Counter()

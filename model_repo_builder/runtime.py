@@ -131,6 +131,13 @@ class PackedEmbedding(torch.nn.Module):
         return self.packed.dequantize(rows=ids)
 
 
+def output_head(model: Any) -> torch.nn.Module | None:
+    """The model's LM head, or None (encoders have none)."""
+    get_output = getattr(model, "get_output_embeddings", None)
+    head: torch.nn.Module | None = get_output() if get_output else None
+    return head
+
+
 def conv1d_to_linear(model: torch.nn.Module) -> int:
     """Replaces GPT-2 style Conv1D layers (weight stored as in x out) by equivalent nn.Linear.
 

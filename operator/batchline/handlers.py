@@ -343,29 +343,31 @@ def _llmd_key(llmd: Mapping[str, Any]) -> Key:
     return (llmd["metadata"]["namespace"], llmd["metadata"]["name"])
 
 
-def _build_changed(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, kwargs: Mapping[str, Any]) -> None:
-    """A build Job or pod moved: every LLMDeployment waiting for that build takes a pass."""
-    for llmd in list(kwargs["llmds_by_key"].get((namespace or "", labels[api.LABEL_BUILD_KEY]), [])):
-        _trigger(_llmd_key(llmd), memo, kwargs)
+def _trigger_wanting(
+    namespace: str | None, key: str, memo: kopf.Memo, kwargs: Mapping[str, Any], unbuilt_only: bool = False
+) -> None:
+    """A pass for every LLMDeployment that wants build `key` (only those not yet Ready on it, if asked)."""
+    for llmd in list(kwargs["llmds_by_key"].get((namespace or "", key), [])):
+        if not unbuilt_only or (llmd["status"].get("build") or {}).get("phase") != "Ready":
+            _trigger(_llmd_key(llmd), memo, kwargs)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=BUILDS)
 async def build_job_changed(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any) -> None:
-    _build_changed(namespace, labels, memo, kwargs)
+    _trigger_wanting(namespace, labels[api.LABEL_BUILD_KEY], memo, kwargs)
 
 
 @kopf.on.event("", "v1", "pods", labels=BUILDS)
 async def build_pod_changed(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any) -> None:
-    _build_changed(namespace, labels, memo, kwargs)
+    _trigger_wanting(namespace, labels[api.LABEL_BUILD_KEY], memo, kwargs)
 
 
 @kopf.on.event("", "v1", "configmaps", labels=CATALOGUE)
 async def catalogue_changed(namespace: str | None, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     """A build was recorded: LLMDeployments that wait for it roll it out."""
+    # Only those not yet Ready: the catalogue changes with every build recorded in the namespace.
     for key in body.get("data") or {}:
-        for llmd in list(kwargs["llmds_by_key"].get((namespace or "", key), [])):
-            if (llmd["status"].get("build") or {}).get("phase") != "Ready":
-                _trigger(_llmd_key(llmd), memo, kwargs)
+        _trigger_wanting(namespace, key, memo, kwargs, unbuilt_only=True)
 
 
 logging.getLogger("kubernetes.client.rest").setLevel(logging.WARNING)

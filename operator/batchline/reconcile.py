@@ -140,14 +140,13 @@ def desired_replicas(spec: Mapping[str, Any], deployment: DeploymentView | None,
 
 
 def stale_children(desired: Sequence[manifests.Manifest], view: ClusterView) -> list[manifests.Manifest]:
-    """Children whose live applied-hash differs from the desired one (or that do not exist); `desired`
-    are stamped (Writers.desired_children), or are stamped here."""
+    """The stamped children (Writers.desired_children) whose live applied-hash differs from theirs, or
+    that do not exist."""
     out = []
     for child in desired:
-        stamped = child if api.ANNOTATION_APPLIED_HASH in child["metadata"].get("annotations", {}) else with_hash(child)
-        meta = stamped["metadata"]
-        if view.child_hash(meta["namespace"], meta["name"], stamped["kind"]) != applied_hash(stamped):
-            out.append(stamped)
+        meta = child["metadata"]
+        if view.child_hash(meta["namespace"], meta["name"], child["kind"]) != applied_hash(child):
+            out.append(child)
     return out
 
 
