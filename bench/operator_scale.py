@@ -19,19 +19,23 @@ initial listing and indexing, during which no handler runs; --warm starts it onc
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from kubernetes import client, config
 from kubernetes.dynamic import DynamicClient
+from kubernetes.watch.watch import iter_resp_lines
 
 from batchline import api, manifests, model_cache
 from batchline.build_key import repository_key
@@ -81,6 +85,12 @@ def _defaulted_llmd(name: str, namespace: str) -> dict[str, Any]:
     return obj
 
 
+def _drain(response: Any) -> None:
+    """Hands the connection back to the pool without decoding the reply."""
+    response.drain_conn()
+    response.release_conn()
+
+
 def direct(kube: client.ApiClient, n: int, namespace: str, cfg: OperatorConfig) -> float:
     """The same children the operator makes (serving the same build), created by a plain client."""
     dyn = DynamicClient(kube)
@@ -93,9 +103,13 @@ def direct(kube: client.ApiClient, n: int, namespace: str, cfg: OperatorConfig) 
             # apply client-side), but without the label it indexes none of them and runs no handler for them.
             del kid["metadata"]["labels"][api.LABEL_LLMD]
 
+    resources = {(k["apiVersion"], k["kind"]): dyn.resources.get(api_version=k["apiVersion"], kind=k["kind"])
+                 for k in objs[0]}
+
     def create(kids: list[dict[str, Any]]) -> None:
-        for kid in kids:
-            dyn.resources.get(api_version=kid["apiVersion"], kind=kid["kind"]).create(body=kid, namespace=namespace)
+        for kid in kids:  # as lean as the operator's writes: the reply is not decoded
+            resource = resources[(kid["apiVersion"], kid["kind"])]
+            _drain(resource.create(body=kid, namespace=namespace, serialize=False))
 
     start = time.monotonic()
     with ThreadPoolExecutor(WORKERS) as pool:
@@ -114,31 +128,79 @@ def settle(apps: client.AppsV1Api, namespace: str) -> float:
         time.sleep(0.5)
 
 
-def _converged(custom: client.CustomObjectsApi, apps: client.AppsV1Api, namespace: str, n: int) -> bool:
-    listed: dict[str, Any] = custom.list_namespaced_custom_object(  # type: ignore[assignment]
-        api.GROUP, api.VERSION, namespace, api.PLURAL
-    )
-    items = listed["items"]
-    current = sum(1 for o in items if (o.get("status") or {}).get("observedGeneration") == o["metadata"]["generation"])
-    if current < n:
-        return False
-    # Raw JSON: decoding N Deployments into client models every poll would take CPU from the operator's side.
-    deployments = apps.list_namespaced_deployment(namespace, _preload_content=False)
-    return len(json.loads(deployments.data)["items"]) == n
+class Convergence:
+    """Watches the namespace's LLMDeployments and Deployments, and tells when all N objects are converged:
+    status.observedGeneration current and a Deployment each. A watch, not a poll: listing N objects every
+    half second costs the API server about as much CPU as the operator's status writes (encoding them),
+    and the direct side has no observer at all."""
+
+    def __init__(self, kube: client.ApiClient, namespace: str, n: int) -> None:
+        self._n = n
+        self._current: set[str] = set()
+        self._deployments: set[str] = set()
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        custom, apps = client.CustomObjectsApi(kube), client.AppsV1Api(kube)
+        llmds = functools.partial(custom.list_namespaced_custom_object, api.GROUP, api.VERSION, namespace, api.PLURAL)
+        deployments = functools.partial(apps.list_namespaced_deployment, namespace)
+        self._threads = [
+            threading.Thread(target=self._watch, args=(llmds, self._llmd), daemon=True),
+            threading.Thread(target=self._watch, args=(deployments, self._deployment), daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+
+    def _watch(self, lister: Callable[..., Any], on_event: Callable[[str, dict[str, Any]], None]) -> None:
+        listed = json.loads(lister(_preload_content=False).data)  # raw JSON: no client models
+        for item in listed["items"]:
+            on_event("ADDED", item)
+        version = listed["metadata"]["resourceVersion"]
+        while not self._done.is_set():
+            response = lister(watch=True, resource_version=version, timeout_seconds=60, _preload_content=False)
+            for line in iter_resp_lines(response):
+                event = json.loads(line)
+                version = event["object"]["metadata"]["resourceVersion"]
+                on_event(event["type"], event["object"])
+                if self._done.is_set():
+                    break
+            response.release_conn()
+
+    def _llmd(self, kind: str, obj: dict[str, Any]) -> None:
+        meta = obj["metadata"]
+        with self._lock:
+            if kind != "DELETED" and (obj.get("status") or {}).get("observedGeneration") == meta["generation"]:
+                self._current.add(meta["name"])
+            else:
+                self._current.discard(meta["name"])
+            self._check()
+
+    def _deployment(self, kind: str, obj: dict[str, Any]) -> None:
+        with self._lock:
+            (self._deployments.discard if kind == "DELETED" else self._deployments.add)(obj["metadata"]["name"])
+            self._check()
+
+    def _check(self) -> None:
+        if len(self._current) >= self._n and len(self._deployments) >= self._n:
+            self._done.set()
+
+    def wait(self) -> None:
+        self._done.wait()
 
 
 def via_operator(kube: client.ApiClient, n: int, namespace: str) -> float:
-    custom, apps = client.CustomObjectsApi(kube), client.AppsV1Api(kube)
+    custom = client.CustomObjectsApi(kube)
+    converged = Convergence(kube, namespace, n)
 
     def create(i: int) -> None:
         body = {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": f"o{i}"}, "spec": SPEC}
-        custom.create_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, body)
+        _drain(custom.create_namespaced_custom_object(
+            api.GROUP, api.VERSION, namespace, api.PLURAL, body, _preload_content=False
+        ))
 
     start = time.monotonic()
     with ThreadPoolExecutor(WORKERS) as pool:
         list(pool.map(create, range(n)))
-    while not _converged(custom, apps, namespace, n):
-        time.sleep(0.5)
+    converged.wait()
     return time.monotonic() - start
 
 
@@ -188,7 +250,10 @@ def measure(n: int, resync: float, cluster_prefix: str = "bench", warm: bool = F
     cluster.down()
     cluster.up()
     try:
-        kube = config.new_client_from_config(config_file=str(cluster.kubeconfig))
+        configuration = client.Configuration()
+        config.load_kube_config(config_file=str(cluster.kubeconfig), client_configuration=configuration)
+        configuration.connection_pool_maxsize = 2 * WORKERS  # no connection (and TLS handshake) per request
+        kube = client.ApiClient(configuration)
         core = client.CoreV1Api(kube)
         crd = REPO / "crds" / "llmdeployment.yaml"
         subprocess.run(

@@ -6,7 +6,6 @@ import asyncio
 import logging
 import threading
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Future
 from typing import Any
 
 import kopf
@@ -173,6 +172,9 @@ class IndexView:
     def wanting(self, namespace: str, key: str) -> Sequence[Mapping[str, Any]]:
         return list(self._ix["llmds_by_key"].get((namespace, key), []))
 
+    def has_catalogue(self, namespace: str) -> bool:
+        return self._first("cache_catalogues", namespace) is not None
+
 
 class NoDiffBase(kopf.AnnotationsDiffBaseStorage):
     """kopf builds a diff base (a deep copy of the body, less status) on every watch event of every watched
@@ -275,11 +277,10 @@ INDEX_NAMES = (
 )
 
 
-def _trigger(key: Key, memo: kopf.Memo, kwargs: Mapping[str, Any]) -> Future[None] | None:
+def _trigger(key: Key, memo: kopf.Memo, kwargs: Mapping[str, Any]) -> None:
     if not memo.indexes:  # the same live objects in every call
         memo.indexes.update({name: kwargs[name] for name in INDEX_NAMES})
-    queued: Future[None] | None = memo.passes.trigger(key)
-    return queued
+    memo.passes.trigger(key)
 
 
 # The handlers below only queue a pass (see passes.py): async, so kopf runs them without a thread hop.
@@ -289,29 +290,8 @@ async def llmd_changed(type: str | None, body: kopf.Body, memo: kopf.Memo, **kwa
         memo.writers.forget(body.metadata.uid)
         memo.scaler.forget(body.metadata.uid)
         metrics.forget(body.metadata.namespace or "", body.metadata.name or "")
-    elif queued := _trigger((body.metadata.namespace or "", body.metadata.name or ""), memo, kwargs):
-        # kopf adds its finalizer (the timer needs one) with a PATCH after this handler returns. Returning
-        # once the pass is done paces those PATCHes at the pass rate: at once, N new objects would open N
-        # connections in kopf's unlimited pool (150 MB more RSS and a burst of TLS handshakes at N=500).
-        await asyncio.wrap_future(queued)
-
-
-# Timers start a moment late: a timer that kopf spawns in the moment it pauses a standby (kopf #1266)
-# is stopped before it can fire. Only a moment: the first autoscaler tick sets ScalingActive.
-FIRST_TICK_DELAY = 2.0
-
-
-@kopf.timer(
-    api.GROUP,
-    api.VERSION,
-    api.PLURAL,
-    interval=min(CONFIG.resync_seconds, CONFIG.autoscale_tick_seconds),
-    initial_delay=FIRST_TICK_DELAY,
-)
-async def resync(namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
-    """The resync and the autoscaler's tick in one pass, at least once per tick, so each object's
-    autoscaler sees every fetched sample (kopf stops timers while peering has the operator paused)."""
-    _trigger((namespace or "", name), memo, kwargs)
+    else:
+        _trigger((body.metadata.namespace or "", body.metadata.name or ""), memo, kwargs)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=OWNED)
@@ -324,12 +304,30 @@ async def pod_changed(namespace: str | None, labels: kopf.Labels, memo: kopf.Mem
     _trigger(_owner_key(namespace, labels), memo, kwargs)
 
 
-@kopf.timer("", "v1", "configmaps", labels=CATALOGUE, interval=CONFIG.resync_seconds, initial_delay=FIRST_TICK_DELAY)
-async def collect_cache(namespace: str | None, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
-    """Keeps each namespace's model cache within its budget; builds in use are never collected. What is in
-    use is read here, on the event loop, where no watch event changes the indexes mid-read; the writes run
-    on a thread."""
+# Timers start a moment late: a timer that kopf spawns in the moment it pauses a standby (kopf #1266)
+# is stopped before it can fire. Only a moment: the first autoscaler tick sets ScalingActive.
+FIRST_TICK_DELAY = 2.0
+
+
+@kopf.timer(
+    "",
+    "v1",
+    "configmaps",
+    labels=CATALOGUE,
+    interval=min(CONFIG.resync_seconds, CONFIG.autoscale_tick_seconds),
+    initial_delay=FIRST_TICK_DELAY,
+)
+async def namespace_tick(namespace: str | None, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+    """A namespace's resync and autoscaler tick: a pass for each of its LLMDeployments, then a clean-up of its
+    model cache. One timer per namespace, on the cache catalogue every namespace with an LLMDeployment has (see
+    reconcile._ensure_catalogue), not one per LLMDeployment: kopf puts a finalizer on each object with a timer,
+    which costs a write per object and leaves deletions hanging while no operator runs. kopf stops the timer
+    while peering has this operator paused, so a standby neither resyncs nor scales."""
     ns = namespace or ""
+    for key in [k for k in kwargs["llmds"] if k[0] == ns]:
+        _trigger(key, memo, kwargs)
+    # What is in use is read here, on the event loop, where no watch event changes the indexes mid-read; the
+    # writes run on a thread.
     wanted = {key for (n, key) in kwargs["llmds_by_key"] if n == ns}
     served = {d.model_key for (n, _), store in kwargs["llmd_deployments"].items() if n == ns for d in store}
     jobs = list(kwargs["cache_gc_jobs"].get(ns, []))

@@ -42,6 +42,7 @@ class ClusterView(Protocol):
     def build_jobs(self, namespace: str, key: str) -> Sequence[JobView]: ...
     def build_pods(self, namespace: str, key: str) -> Sequence[BuildPodView]: ...
     def wanting(self, namespace: str, key: str) -> Sequence[Mapping[str, Any]]: ...
+    def has_catalogue(self, namespace: str) -> bool: ...
 
 
 class StatusPatcher(Protocol):
@@ -100,6 +101,15 @@ class Writers:
                 raise
             self.core.create_namespaced_config_map(namespace, {**catalogue, **patch})  # type: ignore[arg-type]
 
+    def create_catalogue(self, namespace: str, config: OperatorConfig) -> None:
+        """Creates the namespace's empty cache catalogue; one that exists already is left as it is."""
+        assert self.core is not None
+        try:
+            self.core.create_namespaced_config_map(namespace, model_cache.catalogue(namespace, config))  # type: ignore[arg-type]
+        except client.ApiException as err:
+            if err.status != 409:
+                raise
+
     def observed_status(self, llmd: Mapping[str, Any]) -> dict[str, Any]:
         """The status as of the newest of the body and our own last write."""
         meta = llmd["metadata"]
@@ -148,6 +158,17 @@ def stale_children(desired: Sequence[manifests.Manifest], view: ClusterView) -> 
         if view.child_hash(meta["namespace"], meta["name"], child["kind"]) != applied_hash(child):
             out.append(child)
     return out
+
+
+def _ensure_catalogue(namespace: str, view: ClusterView, writers: Writers, config: OperatorConfig) -> int:
+    """Creates the namespace's cache catalogue if it has none; returns the writes made. Every namespace with an
+    LLMDeployment has one: builds are recorded in it, and its timer resyncs the namespace (handlers.namespace_tick)."""
+    record = writers.applied.get((namespace, "Catalogue"))
+    if view.has_catalogue(namespace) or (record is not None and time.monotonic() - record[1] < INDEX_LAG):
+        return 0
+    writers.create_catalogue(namespace, config)
+    writers.applied[(namespace, "Catalogue")] = ("", time.monotonic())
+    return 1
 
 
 def _rollout_unobserved(deployment: DeploymentView | None, writers: Writers, uid: str) -> bool:
@@ -227,12 +248,14 @@ def reconcile(
     meta = llmd["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     spec = llmd["spec"]
+    writes = _ensure_catalogue(namespace, view, writers, config)
     nodes = view.nodes()
     problems = feasibility.check(spec, nodes)
     deployment = view.deployment(namespace, name)
     desired = desired_replicas(spec, deployment, scale)
     blocked = any(p.blocking for p in problems)
-    build, entry, writes = _build(llmd, view, writers, config, act=not blocked)
+    build, entry, build_writes = _build(llmd, view, writers, config, act=not blocked)
+    writes += build_writes
     # A new build replaces the served one only when it is ready: until then the old pods keep serving.
     serving_key = build.key if build.phase == build_state.READY else deployment.model_key if deployment else None
     deployment_written = unseen = False

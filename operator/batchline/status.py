@@ -230,7 +230,15 @@ _NEWS = ("Ready", "ModelReady", "Schedulable", "Degraded", "ScalingActive")
 _BAD = {("Ready", FALSE), ("Schedulable", FALSE), ("Degraded", TRUE), ("ScalingActive", FALSE), ("ModelReady", FALSE)}
 _PROGRESS = {"Building"}  # not ready yet, and on its way: news, not a warning
 _CHOICES = {"AutoscalingDisabled"}  # what the user asked for, not news
-_QUIET_START = {("Schedulable", TRUE), ("Degraded", FALSE), ("ScalingActive", TRUE), ("ScalingActive", UNKNOWN)}
+# A condition's first value that is no news: all is well from the start (a build found in the cache, say).
+_QUIET_START = {
+    ("Ready", TRUE),
+    ("ModelReady", TRUE),
+    ("Schedulable", TRUE),
+    ("Degraded", FALSE),
+    ("ScalingActive", TRUE),
+    ("ScalingActive", UNKNOWN),
+}
 
 
 def transition_events(old: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any]]) -> list[Event]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import time
 import uuid
@@ -76,14 +77,27 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def operator_metrics_port() -> int:
+    """A free port for the test operator's /metrics."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
 def operator(
-    cluster: Any, crd: Path, tiny_checkpoint: Path, model_cache: Path, tmp_path_factory: pytest.TempPathFactory
+    cluster: Any,
+    crd: Path,
+    tiny_checkpoint: Path,
+    model_cache: Path,
+    operator_metrics_port: int,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[OperatorProcess]:
-    proc = OperatorProcess(
-        Path(cluster.operator_kubeconfig),
-        tmp_path_factory.mktemp("operator") / "operator.log",
-        env={**OPERATOR_ENV, "BATCHLINE_MODEL_CACHE_HOST_PATH": str(model_cache)},
-    )
+    env = {**OPERATOR_ENV, "BATCHLINE_MODEL_CACHE_HOST_PATH": str(model_cache)}
+    env["BATCHLINE_METRICS_PORT"] = str(operator_metrics_port)
+    log = tmp_path_factory.mktemp("operator") / "operator.log"
+    proc = OperatorProcess(Path(cluster.operator_kubeconfig), log, env=env)
     proc.start()
     proc.wait_for_log("Activity 'startup' succeeded")
     yield proc
@@ -124,6 +138,12 @@ class LLMDs:
             api.GROUP, api.VERSION, self.namespace, api.PLURAL, name, {"spec": spec}
         )
         return obj
+
+    def list(self) -> list[dict[str, Any]]:
+        listed: dict[str, Any] = self.custom.list_namespaced_custom_object(
+            api.GROUP, api.VERSION, self.namespace, api.PLURAL
+        )
+        return list(listed["items"])
 
     def delete(self, name: str) -> None:
         self.custom.delete_namespaced_custom_object(api.GROUP, api.VERSION, self.namespace, api.PLURAL, name)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from kubernetes import client
+from prometheus_client.parser import text_string_to_metric_families
 
 from batchline import api
 from batchline.local.audit import write_events
@@ -91,13 +93,27 @@ def test_create_builds_owned_children_ready_pods_and_status(
     assert table[12:14] == ["True", "Ready"]  # P95 stays empty without traffic
 
 
-def test_idle_passes_make_no_writes(kube: client.ApiClient, namespace: str, llmds: LLMDs, cluster: Any) -> None:
+def _passes(port: int, namespace: str, name: str) -> float:
+    """Reconcile passes of one LLMDeployment so far, from the operator's /metrics."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    wanted = {"namespace": namespace, "llmdeployment": name, "result": "success"}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "batchline_reconcile_total" and wanted.items() <= sample.labels.items():
+                return sample.value
+    return 0.0
+
+
+def test_idle_passes_make_no_writes(
+    kube: client.ApiClient, namespace: str, llmds: LLMDs, cluster: Any, operator_metrics_port: int
+) -> None:
     llmds.create("idle", {"model": {"source": SOURCE}})
     wait_for(lambda: _ready(llmds, "idle", 1), timeout=150, what="Ready")
     time.sleep(2)  # let the status write's own watch event come back
-    since = time.time()
-    time.sleep(3 * RESYNC + 1)  # three resync timers and the watch events in between
+    since, passes = time.time(), _passes(operator_metrics_port, namespace, "idle")
+    time.sleep(3 * RESYNC + 1)  # three resync ticks and the watch events in between
     assert _operator_writes(cluster, since, namespace) == []
+    assert _passes(operator_metrics_port, namespace, "idle") - passes >= 2, "the resync ticks ran no pass"
 
 
 def test_spec_change_rolls_out_and_delete_cascades(kube: client.ApiClient, namespace: str, llmds: LLMDs) -> None:
@@ -282,15 +298,23 @@ def test_killed_mid_reconcile_converges_without_duplicates_or_churn(
     apps = client.AppsV1Api(kube)
     wait_for(lambda: apps.list_namespaced_deployment(namespace).items, timeout=60, what="first Deployment")
     operator.kill()
+    # No finalizer holds an LLMDeployment: deleting one needs no operator, and its children go with it.
+    llmds.delete(names.pop())
+    assert sorted(o["metadata"]["name"] for o in llmds.list()) == sorted(names)
     operator.start()
     operator.wait_for_log("Activity 'startup' succeeded")
     for name in names:
         wait_for(lambda name=name: _ready(llmds, name, 1), timeout=120, what=f"{name} Ready")
-    deployments = apps.list_namespaced_deployment(namespace).items
-    assert sorted(d.metadata.name for d in deployments) == sorted(names)
-    services = client.CoreV1Api(kube).list_namespaced_service(namespace).items
-    assert sorted(s.metadata.name for s in services) == sorted(names)
-    assert len(apps.list_namespaced_replica_set(namespace).items) == len(names), "a restart must not roll pods"
+
+    def children() -> tuple[list[str], list[str], int]:
+        deployments = apps.list_namespaced_deployment(namespace).items
+        services = client.CoreV1Api(kube).list_namespaced_service(namespace).items
+        replica_sets = apps.list_namespaced_replica_set(namespace).items
+        names_of = sorted(d.metadata.name for d in deployments), sorted(s.metadata.name for s in services)
+        return *names_of, len(replica_sets)
+
+    # One Deployment, Service and ReplicaSet each ("a restart must not roll pods"), once m11's are collected.
+    wait_for(lambda: children() == (sorted(names), sorted(names), len(names)), timeout=60, what="one of each child")
     time.sleep(2)
     since = time.time()
     time.sleep(2 * RESYNC + 1)

@@ -56,6 +56,7 @@ class FakeCluster:
         self.writes: list[str] = []
         self.events: list[Event] = []
         self.revision = 0
+        self.catalogue_exists = True
         self._writers: Writers | None = None
 
     def nodes(self) -> Sequence[NodeView]:
@@ -82,6 +83,12 @@ class FakeCluster:
         self.jobs[name] = (manifest, JobView(name, view.key, view.attempt, 0, outcome, at, "", at, view.applied_hash))
         phase = "Succeeded" if outcome == "Complete" else "Failed"
         self.builder_pods.append(BuildPodView(f"{name}-pod", name, phase, message, at))
+
+    def has_catalogue(self, namespace: str) -> bool:
+        return self.catalogue_exists
+
+    def create_namespaced_config_map(self, namespace: str, body: dict[str, Any]) -> None:
+        self.writes.append("create catalogue")  # the index shows it only once its watch event comes
 
     def patch_namespaced_config_map(self, name: str, namespace: str, patch: dict[str, Any]) -> None:
         for key, text in patch["data"].items():
@@ -149,6 +156,17 @@ def test_second_pass_with_nothing_changed_writes_nothing() -> None:
     assert cluster.writes == ["Service", "PodDisruptionBudget", "Deployment"]
     assert _pass(cluster, obj) == 1  # the status, which now sees the Deployment
     assert _pass(cluster, obj) == 0
+    assert _pass(cluster, obj) == 0
+
+
+def test_a_namespace_without_a_catalogue_gets_one_once() -> None:
+    """Its timer resyncs the namespace, so even an LLMDeployment that cannot be honoured creates it."""
+    cluster, obj = FakeCluster(), llmd(model={"source": "s3://bucket/model"})
+    cluster.catalogue_exists = False
+    _pass(cluster, obj)
+    assert cluster.writes == ["create catalogue", "status"]
+    assert _pass(cluster, obj) == 0  # its watch event has not come yet: not created twice
+    cluster.catalogue_exists = True
     assert _pass(cluster, obj) == 0
 
 

@@ -98,10 +98,20 @@ def test_events_only_on_transitions() -> None:
     obj = llmd()
     starting = _status(obj, Observed(_dep(ready=0), (), NODES), [], 1, T0)["conditions"]
     events = transition_events([], starting)
-    assert [(e.type, e.reason) for e in events] == [("Warning", "ReplicasStarting"), ("Normal", "Built")]
+    assert [(e.type, e.reason) for e in events] == [("Warning", "ReplicasStarting")]  # built already: no news
     assert transition_events(starting, starting) == []
     serving = _status(obj, Observed(_dep(ready=1), (), NODES), [], 1, T1)["conditions"]
     assert [(e.type, e.reason) for e in transition_events(starting, serving)] == [("Normal", "Serving")]
+
+
+def test_a_build_that_finishes_is_news_one_found_in_the_cache_is_not() -> None:
+    obj = llmd()
+    idle = _status(obj, Observed(_dep(ready=0, replicas=0), (), NODES), [], 0, T0)["conditions"]
+    assert transition_events([], idle) == []  # scaled to zero and built from the start: nothing to tell
+    building = _status(obj, Observed(None, (), NODES), [], 1, T0, build=BUILDING)["conditions"]
+    built = _status(obj, Observed(_dep(ready=1), (), NODES), [], 1, T1)["conditions"]
+    events = transition_events(building, built)
+    assert [(e.type, e.reason) for e in events] == [("Normal", "Serving"), ("Normal", "Built")]
 
 
 BUILDING = {"key": "k2", "phase": "Building", "message": "Job batchline-build-k2-1 is building k2; pod p Running."}

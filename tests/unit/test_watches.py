@@ -51,3 +51,13 @@ def test_every_label_filtered_watch_is_selected_server_side() -> None:
 
 def test_no_change_detecting_handlers() -> None:
     assert list(registries.get_default_registry()._changing.get_all_handlers()) == []
+
+
+def test_no_handler_puts_a_finalizer_on_llmdeployments() -> None:
+    """kopf adds one for any timer or daemon: a write per object, and deletions that hang while no operator runs.
+    The resync timer is per namespace, on its cache catalogue (handlers.namespace_tick)."""
+    registry = registries.get_default_registry()
+    handlers_ = [*registry._spawning.get_all_handlers(), *registry._changing.get_all_handlers()]
+    on_llmds = [h for h in handlers_ if (h.selector.any_name or h.selector.plural) == api.PLURAL]
+    assert [h.id for h in on_llmds if h.requires_finalizer] == []
+    assert any(h.id == "namespace_tick" for h in registry._spawning.get_all_handlers())

@@ -75,8 +75,8 @@ app.kubernetes.io/part-of: batchline
 What the operator does in the namespaces it watches. Every rule is used (tests/chart/test_rbac.py
 compares them with an operator run's audit log and kopf's watches):
 - list/watch: kopf's indexes and handlers (handlers.py) watch these kinds;
-- patch: server-side apply of the children, kopf's finalizer and progress annotations on
-  LLMDeployments, status on llmdeployments/status;
+- patch: server-side apply of the children, status on llmdeployments/status; on LLMDeployments,
+  kopf removes the finalizer that earlier builds of the operator put on them;
 - create: server-side apply of a child that does not exist yet is authorized as create too;
   kopf posts Events (core v1).
 */}}
