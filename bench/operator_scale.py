@@ -5,9 +5,13 @@ One run, on one local control plane:
   2. operator: N LLMDeployments are applied at once and the operator converges them (children
      exist and status.observedGeneration is current). They all want one build, which is already in
      the namespace's cache catalogue, so no build runs and each gets its Deployment at once.
-Between the two, the controller-manager catches up with the direct side's Deployments, so its
-backlog does not slow the API server on the operator side's clock.
-Reports both times and their ratio, the operator's peak RSS (VmHWM), its API writes per
+     Before it, the controller-manager catches up with the direct side's Deployments, so its
+     backlog does not slow the API server on the operator side's clock. Convergence is observed
+     with watches (a poll would list N objects a second, which costs the API server CPU itself).
+  3. floor: with the operator stopped, a plain client makes the API calls any operator must make for N new
+     objects (create each LLMDeployment, apply its children, write its status once): the API server's
+     limit for the operator's job, so operator/floor is what the operator itself adds.
+Reports the times and their ratios, the operator's peak RSS (VmHWM), its API writes per
 object (from the API server's audit log) and its writes during an idle resync window.
 The operator side's clock starts when the operator's startup handler is done, so it includes kopf's
 initial listing and indexing, during which no handler runs; --warm starts it once the operator is idle
@@ -38,6 +42,7 @@ from kubernetes.dynamic import DynamicClient
 from kubernetes.watch.watch import iter_resp_lines
 
 from batchline import api, manifests, model_cache
+from batchline.apply import with_hash
 from batchline.build_key import repository_key
 from batchline.config import OperatorConfig
 from batchline.local.audit import write_events
@@ -204,6 +209,41 @@ def via_operator(kube: client.ApiClient, n: int, namespace: str) -> float:
     return time.monotonic() - start
 
 
+def floor(kube: client.ApiClient, n: int, namespace: str, cfg: OperatorConfig, status: dict[str, Any]) -> float:
+    """The API calls any operator must make for N new LLMDeployments, made by a plain client with nothing
+    else running: create each one (as the user does), server-side apply its children (owned by it, hash
+    stamped), and write its status once (the status the operator wrote on one of its own). No watch, no
+    waiting for the controller-manager: the API server's limit for the operator's job."""
+    custom, dyn = client.CustomObjectsApi(kube), DynamicClient(kube)
+    key = _serving_key()
+    resources: dict[tuple[str, str], Any] = {}
+
+    def one(i: int) -> None:
+        body = {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": f"f{i}"}, "spec": SPEC}
+        created = json.loads(custom.create_namespaced_custom_object(
+            api.GROUP, api.VERSION, namespace, api.PLURAL, body, _preload_content=False
+        ).data)
+        for kid in manifests.children(created, 0, cfg, False, key):
+            kid = with_hash(kid)
+            found = resources.get((kid["apiVersion"], kid["kind"]))
+            if found is None:
+                found = resources[(kid["apiVersion"], kid["kind"])] = dyn.resources.get(
+                    api_version=kid["apiVersion"], kind=kid["kind"]
+                )
+            _drain(found.server_side_apply(
+                body=kid, name=kid["metadata"]["name"], namespace=namespace, field_manager=api.FIELD_MANAGER,
+                force_conflicts=True, serialize=False,
+            ))
+        path = f"/apis/{api.GROUP}/{api.VERSION}/namespaces/{namespace}/{api.PLURAL}/f{i}/status"
+        _drain(dyn.request("patch", path, body={"status": status}, content_type="application/merge-patch+json",
+                           serialize=False))
+
+    start = time.monotonic()
+    with ThreadPoolExecutor(WORKERS) as pool:
+        list(pool.map(one, range(n)))
+    return time.monotonic() - start
+
+
 def _breakdown(events: list[dict[str, Any]]) -> dict[str, int]:
     def what(e: dict[str, Any]) -> str:
         ref = e["objectRef"]
@@ -294,6 +334,13 @@ def measure(n: int, resync: float, cluster_prefix: str = "bench", warm: bool = F
             idle_events = write_events(cluster.state_dir, OPERATOR_USER, idle_since)
             rss = peak_rss_mb(op.pid)
             op.stop()
+            written = client.CustomObjectsApi(kube).get_namespaced_custom_object(
+                api.GROUP, api.VERSION, "op", api.PLURAL, "o0"
+            )
+            _namespace(core, "floor")
+            _phase("floor")
+            t_floor = floor(kube, n, "floor", cfg, written["status"])  # type: ignore[index]
+            _phase("floor done")
     finally:
         cluster.down()
     return {
@@ -304,6 +351,9 @@ def measure(n: int, resync: float, cluster_prefix: str = "bench", warm: bool = F
         "clock_starts": "operator idle" if warm else "operator startup handler done",
         **({"operator_warmup_s": round(t_warm, 2)} if t_warm is not None else {}),
         "ratio": round(t_op / t_direct, 2),
+        "floor_s": round(t_floor, 2),
+        "floor_ratio": round(t_floor / t_direct, 2),
+        "operator_over_floor": round(t_op / t_floor, 2),
         "peak_rss_mb": round(rss, 1),
         "writes_per_object": round(writes / n, 2),
         "writes_breakdown": _breakdown(op_writes),
@@ -335,12 +385,13 @@ def main() -> None:
     )
     args = parser.parse_args()
     rows = run(args.n, args.resync, args.cluster_prefix, args.warm)
-    print("\n| N | direct create (s) | operator converge (s) | ratio | peak RSS (MB) | writes/object | idle writes |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| N | direct create (s) | operator converge (s) | ratio | floor (s) | floor ratio | peak RSS (MB) "
+          "| writes/object | idle writes |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['n']} | {r['direct_s']} | {r['operator_s']} | {r['ratio']}x | {r['peak_rss_mb']} | "
-            f"{r['writes_per_object']} | {r['idle_resync_writes']} |"
+            f"| {r['n']} | {r['direct_s']} | {r['operator_s']} | {r['ratio']}x | {r['floor_s']} | {r['floor_ratio']}x "
+            f"| {r['peak_rss_mb']} | {r['writes_per_object']} | {r['idle_resync_writes']} |"
         )
 
 
