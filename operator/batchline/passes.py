@@ -1,12 +1,11 @@
 """Reconcile passes, queued per object and run on a thread pool of their own, outside kopf's event processing.
 
-Watch events of an object and of its children, and its timer, all ask for a pass. kopf runs the
-handlers of one object's events one after the other and updates its indexes between them, so a
-handler that waited for a pass to finish would hold those index updates back: `trigger` returns
-at once (a handler may still await the future it returns, see handlers.llmd_changed). A pass is
-level-based (it reads the indexes when it starts), so an object has at most one pass queued and one
-running: a trigger for an object whose pass is still queued adds nothing, and one that comes while
-its pass runs queues one more after it.
+Watch events of an object and of its children, and its namespace's tick, all ask for a pass. kopf
+runs the handlers of one object's events one after the other and updates its indexes between them,
+so a handler that waited for a pass to finish would hold those index updates back: `trigger` returns
+at once. A pass is level-based (it reads the indexes when it starts), so an object has at most one
+pass queued and one running: a trigger for an object whose pass is still queued adds nothing, and
+one that comes while its pass runs queues one more after it.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ import enum
 import logging
 import threading
 from collections.abc import Callable, Hashable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Generic, TypeVar
 
 log = logging.getLogger(__name__)
@@ -35,17 +34,16 @@ class Passes(Generic[K]):
         self._guard = threading.Lock()
         self._state: dict[K, _State] = {}  # objects with a pass queued or running
 
-    def trigger(self, key: K) -> Future[None] | None:
-        """Ask for a pass of `key` that starts after this call; never waits for one. Returns the pass's
-        future when this call queued it, None when it joined a pass already queued."""
+    def trigger(self, key: K) -> None:
+        """Ask for a pass of `key` that starts after this call; never waits for one."""
         with self._guard:
             state = self._state.get(key)
             if state is _State.RUNNING:
                 self._state[key] = _State.RUNNING_AND_QUEUED
             if state is not None:
-                return None
+                return
             self._state[key] = _State.QUEUED
-        return self._pool.submit(self._work, key)
+        self._pool.submit(self._work, key)
 
     def _work(self, key: K) -> None:
         with self._guard:
@@ -53,7 +51,7 @@ class Passes(Generic[K]):
         try:
             self._run_pass(key)
         except Exception:
-            # The next trigger, at the latest the object's timer, runs it again.
+            # The next trigger, at the latest its namespace's tick, runs it again.
             log.exception("reconcile pass of %s failed", key)
         finally:
             with self._guard:

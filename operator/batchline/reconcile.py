@@ -66,7 +66,7 @@ class Writers:
     applied: dict[tuple[str, str], tuple[str, float]] = field(default_factory=dict)
     core: client.CoreV1Api | None = None
     # The hash-stamped children of the last pass per object uid, with what they were built from: most passes
-    # (a child's or the timer's) build the same children again, and stamping hashes them all.
+    # (a child's or the namespace tick's) build the same children again, and stamping hashes them all.
     children: dict[str, tuple[tuple[Any, ...], list[manifests.Manifest]]] = field(default_factory=dict)
 
     def desired_children(
@@ -275,7 +275,7 @@ def reconcile(
             log.info("applied %s of %s/%s", ", ".join(applied), namespace, name)
     if deployment_written or unseen or _rollout_unobserved(deployment, writers, meta["uid"]):
         # The Deployment's watch events start the next pass, which writes the status once the
-        # controller-manager has seen the new generation (the resync timer covers it being down).
+        # controller-manager has seen the new generation (the namespace tick covers it being down).
         return writes
     observed = Observed(deployment=deployment, pods=tuple(view.pods(namespace, name)), nodes=tuple(nodes))
     current = writers.observed_status(llmd)

@@ -54,12 +54,12 @@ def test_a_queued_pass_absorbs_later_triggers(recorder: Recorder) -> None:
     passes: Passes[Hashable] = Passes(recorder, workers=1)
     passes.trigger("slow")  # holds the only worker
     assert recorder.slow_started.wait(5)
-    queued = passes.trigger("a")
-    assert queued is not None
     # Queued once: the pass reads the newest state when it starts, so later triggers join it.
-    assert [passes.trigger("a") for _ in range(3)] == [None] * 3
+    for _ in range(4):
+        passes.trigger("a")
     recorder.release.set()
-    queued.result(5)  # the caller that queued it can wait for it
+    _until(lambda: len(recorder.runs) == 2)
+    time.sleep(0.1)  # room for a third pass, which must not come
     passes.shutdown()
     assert recorder.runs == ["slow", "a"]
 
