@@ -38,11 +38,10 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes import client, config
-from kubernetes.dynamic import DynamicClient
 from kubernetes.watch.watch import iter_resp_lines
 
 from batchline import api, manifests, model_cache
-from batchline.apply import with_hash
+from batchline.apply import Applier, with_hash
 from batchline.build_key import repository_key
 from batchline.config import OperatorConfig
 from batchline.local.audit import write_events
@@ -90,15 +89,8 @@ def _defaulted_llmd(name: str, namespace: str) -> dict[str, Any]:
     return obj
 
 
-def _drain(response: Any) -> None:
-    """Hands the connection back to the pool without decoding the reply."""
-    response.drain_conn()
-    response.release_conn()
-
-
 def direct(kube: client.ApiClient, n: int, namespace: str, cfg: OperatorConfig) -> float:
     """The same children the operator makes (serving the same build), created by a plain client."""
-    dyn = DynamicClient(kube)
     key = _serving_key()
     objs = [manifests.children(_defaulted_llmd(f"d{i}", namespace), 0, cfg, False, key) for i in range(n)]
     for kids in objs:  # the owner does not exist here; garbage collection must not reap the children mid-run
@@ -108,13 +100,11 @@ def direct(kube: client.ApiClient, n: int, namespace: str, cfg: OperatorConfig) 
             # apply client-side), but without the label it indexes none of them and runs no handler for them.
             del kid["metadata"]["labels"][api.LABEL_LLMD]
 
-    resources = {(k["apiVersion"], k["kind"]): dyn.resources.get(api_version=k["apiVersion"], kind=k["kind"])
-                 for k in objs[0]}
+    applier = Applier(kube)  # the operator's own writer: no decoding of replies
 
     def create(kids: list[dict[str, Any]]) -> None:
-        for kid in kids:  # as lean as the operator's writes: the reply is not decoded
-            resource = resources[(kid["apiVersion"], kid["kind"])]
-            _drain(resource.create(body=kid, namespace=namespace, serialize=False))
+        for kid in kids:
+            applier.create(kid)
 
     start = time.monotonic()
     with ThreadPoolExecutor(WORKERS) as pool:
@@ -193,14 +183,12 @@ class Convergence:
 
 
 def via_operator(kube: client.ApiClient, n: int, namespace: str) -> float:
-    custom = client.CustomObjectsApi(kube)
+    applier = Applier(kube)
     converged = Convergence(kube, namespace, n)
 
     def create(i: int) -> None:
-        body = {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": f"o{i}"}, "spec": SPEC}
-        _drain(custom.create_namespaced_custom_object(
-            api.GROUP, api.VERSION, namespace, api.PLURAL, body, _preload_content=False
-        ))
+        meta = {"name": f"o{i}", "namespace": namespace}
+        applier.create({"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": meta, "spec": SPEC})
 
     start = time.monotonic()
     with ThreadPoolExecutor(WORKERS) as pool:
@@ -214,9 +202,8 @@ def floor(kube: client.ApiClient, n: int, namespace: str, cfg: OperatorConfig, s
     else running: create each one (as the user does), server-side apply its children (owned by it, hash
     stamped), and write its status once (the status the operator wrote on one of its own). No watch, no
     waiting for the controller-manager: the API server's limit for the operator's job."""
-    custom, dyn = client.CustomObjectsApi(kube), DynamicClient(kube)
+    custom, applier = client.CustomObjectsApi(kube), Applier(kube)
     key = _serving_key()
-    resources: dict[tuple[str, str], Any] = {}
 
     def one(i: int) -> None:
         body = {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": f"f{i}"}, "spec": SPEC}
@@ -224,19 +211,10 @@ def floor(kube: client.ApiClient, n: int, namespace: str, cfg: OperatorConfig, s
             api.GROUP, api.VERSION, namespace, api.PLURAL, body, _preload_content=False
         ).data)
         for kid in manifests.children(created, 0, cfg, False, key):
-            kid = with_hash(kid)
-            found = resources.get((kid["apiVersion"], kid["kind"]))
-            if found is None:
-                found = resources[(kid["apiVersion"], kid["kind"])] = dyn.resources.get(
-                    api_version=kid["apiVersion"], kind=kid["kind"]
-                )
-            _drain(found.server_side_apply(
-                body=kid, name=kid["metadata"]["name"], namespace=namespace, field_manager=api.FIELD_MANAGER,
-                force_conflicts=True, serialize=False,
-            ))
-        path = f"/apis/{api.GROUP}/{api.VERSION}/namespaces/{namespace}/{api.PLURAL}/f{i}/status"
-        _drain(dyn.request("patch", path, body={"status": status}, content_type="application/merge-patch+json",
-                           serialize=False))
+            applier.apply(with_hash(kid))
+        applier.patch_namespaced_custom_object_status(
+            api.GROUP, api.VERSION, namespace, api.PLURAL, f"f{i}", {"status": status}
+        )
 
     start = time.monotonic()
     with ThreadPoolExecutor(WORKERS) as pool:

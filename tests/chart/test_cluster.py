@@ -418,12 +418,13 @@ def test_cluster_mode_install_grants_cluster_wide_and_nothing_more(cluster: Any,
         for verb, resource in (("list", "llmdeployments.batchline.dev"), ("watch", "deployments.apps"),
                                ("list", "pods"), ("watch", "poddisruptionbudgets.policy")):
             assert _can_i(cluster, user, verb, resource, "--all-namespaces"), (verb, resource)
-        for verb, resource in (("patch", "llmdeployments.batchline.dev/status"), ("create", "services"),
-                               ("patch", "deployments.apps"), ("create", "events")):
+        for verb, resource in (("create", "services"), ("patch", "deployments.apps"), ("create", "events")):
             assert _can_i(cluster, user, verb, resource, "-n", watched), (verb, resource)
+        assert _can_i(cluster, user, "patch", "llmdeployments.batchline.dev", "--subresource=status", "-n", watched)
         assert _can_i(cluster, user, "patch", f"clusterkopfpeerings.kopf.dev/{release}-batchline")
         for verb, resource in (("get", "secrets"), ("delete", "deployments.apps"),
-                               ("update", "llmdeployments.batchline.dev"), ("create", "pods"),
+                               ("update", "llmdeployments.batchline.dev"), ("patch", "llmdeployments.batchline.dev"),
+                               ("create", "pods"),
                                ("patch", "clusterkopfpeerings.kopf.dev/default"), ("patch", "nodes")):
             assert not _can_i(cluster, user, verb, resource, "-n", watched), (verb, resource)
     finally:

@@ -75,15 +75,15 @@ app.kubernetes.io/part-of: batchline
 What the operator does in the namespaces it watches. Every rule is used (tests/chart/test_rbac.py
 compares them with an operator run's audit log and kopf's watches):
 - list/watch: kopf's indexes and handlers (handlers.py) watch these kinds;
-- patch: server-side apply of the children, status on llmdeployments/status; on LLMDeployments,
-  kopf removes the finalizer that earlier builds of the operator put on them;
+- patch: server-side apply of the children, status on llmdeployments/status (nothing else on an
+  LLMDeployment: no finalizer, no annotations);
 - create: server-side apply of a child that does not exist yet is authorized as create too;
   kopf posts Events (core v1).
 */}}
 {{- define "batchline.namespacedRules" -}}
 - apiGroups: [batchline.dev]
   resources: [llmdeployments]
-  verbs: [list, watch, patch]
+  verbs: [list, watch]
 - apiGroups: [batchline.dev]
   resources: [llmdeployments/status]
   verbs: [patch]
