@@ -138,12 +138,8 @@ class Convergence:
         custom, apps = client.CustomObjectsApi(kube), client.AppsV1Api(kube)
         llmds = functools.partial(custom.list_namespaced_custom_object, api.GROUP, api.VERSION, namespace, api.PLURAL)
         deployments = functools.partial(apps.list_namespaced_deployment, namespace)
-        self._threads = [
-            threading.Thread(target=self._watch, args=(llmds, self._llmd), daemon=True),
-            threading.Thread(target=self._watch, args=(deployments, self._deployment), daemon=True),
-        ]
-        for t in self._threads:
-            t.start()
+        for lister, on_event in ((llmds, self._llmd), (deployments, self._deployment)):
+            threading.Thread(target=self._watch, args=(lister, on_event), daemon=True).start()
 
     def _watch(self, lister: Callable[..., Any], on_event: Callable[[str, dict[str, Any]], None]) -> None:
         listed = json.loads(lister(_preload_content=False).data)  # raw JSON: no client models
