@@ -92,14 +92,15 @@ class Writers:
     def record_build(self, namespace: str, entry: CacheEntry, config: OperatorConfig) -> None:
         """Adds a finished build to the namespace's cache catalogue (merging: other keys stay)."""
         assert self.core is not None
-        catalogue = model_cache.catalogue(namespace, config)
         patch = {"data": {entry.key: entry.to_data()}}
         try:
-            self.core.patch_namespaced_config_map(catalogue["metadata"]["name"], namespace, patch)
+            self.core.patch_namespaced_config_map(config.model_cache_pvc, namespace, patch)
         except client.ApiException as err:
             if err.status != 404:
                 raise
-            self.core.create_namespaced_config_map(namespace, {**catalogue, **patch})  # type: ignore[arg-type]
+            # Rare: each pass creates the catalogue first (reconcile._ensure_catalogue); deleted since.
+            self.create_catalogue(namespace, config)
+            self.core.patch_namespaced_config_map(config.model_cache_pvc, namespace, patch)
 
     def create_catalogue(self, namespace: str, config: OperatorConfig) -> None:
         """Creates the namespace's empty cache catalogue; one that exists already is left as it is."""

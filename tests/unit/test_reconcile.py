@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from kubernetes import client
+
 from batchline.apply import applied_hash
 from batchline.build_key import repository_key
 from batchline.config import OperatorConfig
@@ -328,3 +330,26 @@ def test_status_fields_that_go_away_are_removed_not_left_behind() -> None:
         "build": {"phase": "Ready", "retryAt": None, "report": {"a": None, "b": 2}},
         "autoscaling": None,
     }
+
+
+class CatalogueGone:
+    """A core API whose catalogue was deleted: the first patch finds nothing."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def patch_namespaced_config_map(self, name: str, namespace: str, patch: dict[str, Any]) -> None:
+        self.calls.append(f"patch {name}")
+        if len(self.calls) == 1:
+            raise client.ApiException(status=404)
+
+    def create_namespaced_config_map(self, namespace: str, body: dict[str, Any]) -> None:
+        self.calls.append(f"create {body['metadata']['name']}")
+
+
+def test_a_build_finished_after_its_catalogue_was_deleted_is_still_recorded() -> None:
+    core = CatalogueGone()
+    writers = Writers(None, None, lambda *_: None, core=core)  # type: ignore[arg-type]
+    writers.record_build("team-a", CacheEntry("k1", "2026-11-22T10:00:00Z", {"sizeBytes": 1}), CFG)
+    name = CFG.model_cache_pvc
+    assert core.calls == [f"patch {name}", f"create {name}", f"patch {name}"]
