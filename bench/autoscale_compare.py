@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from batchline.autoscaler.controllers import POLICIES, simulate_policy
-from batchline.autoscaler.simulator import SimConfig, SimResult
 from batchline.autoscaler.spec import AutoscalingSpec
-from batchline.autoscaler.trace import Trace, load_trace
+from batchline_tools.autoscale_sim.baselines import POLICIES, simulate_policy
+from batchline_tools.autoscale_sim.simulator import SimConfig, SimResult
+from batchline_tools.autoscale_sim.trace import Trace, load_trace
 
 TRACES_DIR = Path(__file__).resolve().parents[2] / "shared" / "traces"
 DEFAULT_TRACES = [TRACES_DIR / f"AzureLLMInferenceTrace_{name}.csv" for name in ("code", "conv")]
@@ -54,7 +54,7 @@ def main() -> int:
             all_met &= policy != "batchline" or goal == "met"
             print(_row(result, results["hpa"], goal))
         if args.plot_dir:
-            from batchline.autoscaler.plot import plot_results
+            from batchline_tools.autoscale_sim.plot import plot_results
 
             plots.append(plot_results(list(results.values()), args.plot_dir / f"{trace.name}.png"))
     print(f"\nbatchline goal on every trace: {'met' if all_met else 'NOT met'}")

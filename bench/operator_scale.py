@@ -40,14 +40,16 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.watch.watch import iter_resp_lines
 
-from batchline import api, manifests, model_cache
-from batchline.apply import Applier, with_hash
-from batchline.build_key import repository_key
+from batchline import api
+from batchline.build.catalogue import CacheEntry
+from batchline.build.spec_key import repository_key
 from batchline.config import OperatorConfig
-from batchline.local.audit import write_events
-from batchline.local.controlplane import LocalCluster
-from batchline.local.identities import OPERATOR_USER
-from batchline.local.operator_process import OperatorProcess
+from batchline.controller.writer import Applier, with_hash
+from batchline.resources import model_cache, serving
+from devcluster.audit import write_events
+from devcluster.controlplane import LocalCluster
+from devcluster.identities import OPERATOR_USER
+from devcluster.operator_process import OperatorProcess
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests.crd_schema applies the CRD's own defaults
@@ -74,7 +76,7 @@ def seed_catalogue(core: client.CoreV1Api, namespace: str, cfg: OperatorConfig) 
     """Records the bench's one build in the namespace's cache catalogue, as a finished build Job would:
     the operator then serves it at once and starts no real build (this bench measures reconciling)."""
     key = _serving_key()
-    entry = model_cache.CacheEntry(key, "2026-01-01T00:00:00Z", {"key": "bench", "sizeBytes": 1})
+    entry = CacheEntry(key, "2026-01-01T00:00:00Z", {"key": "bench", "sizeBytes": 1})
     catalogue = model_cache.catalogue(namespace, cfg)
     catalogue["data"] = {key: entry.to_data()}
     core.create_namespaced_config_map(namespace, catalogue)
@@ -92,7 +94,7 @@ def _defaulted_llmd(name: str, namespace: str) -> dict[str, Any]:
 def direct(kube: client.ApiClient, n: int, namespace: str, cfg: OperatorConfig) -> float:
     """The same children the operator makes (serving the same build), created by a plain client."""
     key = _serving_key()
-    objs = [manifests.children(_defaulted_llmd(f"d{i}", namespace), 0, cfg, False, key) for i in range(n)]
+    objs = [serving.children(_defaulted_llmd(f"d{i}", namespace), 0, cfg, False, key) for i in range(n)]
     for kids in objs:  # the owner does not exist here; garbage collection must not reap the children mid-run
         for kid in kids:
             kid["metadata"].pop("ownerReferences")
@@ -206,7 +208,7 @@ def floor(kube: client.ApiClient, n: int, namespace: str, cfg: OperatorConfig, s
         created = json.loads(custom.create_namespaced_custom_object(
             api.GROUP, api.VERSION, namespace, api.PLURAL, body, _preload_content=False
         ).data)
-        for kid in manifests.children(created, 0, cfg, False, key):
+        for kid in serving.children(created, 0, cfg, False, key):
             applier.apply(with_hash(kid))
         applier.patch_namespaced_custom_object_status(
             api.GROUP, api.VERSION, namespace, api.PLURAL, f"f{i}", {"status": status}

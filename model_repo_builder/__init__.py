@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .build_key import compute_build_key
+from .content_key import compute_content_key
 from .errors import (
     BuildError,
     CheckpointError,
@@ -38,7 +38,7 @@ __all__ = [
     "UnsupportedArchitectureError",
     "UnsupportedModeError",
     "build",
-    "compute_build_key",
+    "compute_content_key",
 ]
 
 _LAZY = {"build": "builder", "BuildResult": "builder"}

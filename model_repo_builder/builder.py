@@ -25,9 +25,9 @@ from typing import Any
 import torch
 
 from . import runtime
-from .build_key import compute_build_key
 from .calibration_text import CALIBRATION_TEXT
 from .checkpoint import Checkpoint, ModelKind, hash_files, inspect_checkpoint
+from .content_key import compute_content_key
 from .errors import CheckpointError, UnsupportedModeError
 from .options import Backend, BuildOptions, Mode
 from .prune import prune_model, zero_fraction
@@ -74,7 +74,7 @@ def build(source: str | Path, output_root: str | Path, options: BuildOptions | N
     checkpoint = inspect_checkpoint(str(source))
     if options.backend is Backend.VLLM and checkpoint.kind is not ModelKind.CAUSAL_LM:
         raise UnsupportedModeError("the vLLM layout serves text generation; build encoders with --backend python")
-    key = compute_build_key(checkpoint.file_hashes, options)
+    key = compute_content_key(checkpoint.file_hashes, options)
     root = Path(output_root)
     final = root / key
     if (final / REPORT_FILE).is_file():

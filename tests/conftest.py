@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from batchline.local import binaries
-from batchline.local.controlplane import LocalCluster
+from devcluster import binaries
+from devcluster.controlplane import LocalCluster
 
 # A tiny random Llama (seeded, so always the same files): the model the cluster tests build for real.
 TINY_CHECKPOINT = binaries.cache_root() / "checkpoints" / "tiny-llama-test"

@@ -1,31 +1,29 @@
-"""The `batchline` command: each subsystem registers its own subcommands."""
+"""The `batchline` command: each installed part registers its own subcommands.
+
+Subcommands come from the `batchline.commands` entry points (see pyproject.toml): the operator's own,
+the builder's, and, where the development tooling is installed, `local`, `demo` and `autoscale`. Each
+module is imported only when its subcommand runs (or for --help), so `batchline operator` never
+imports torch.
+"""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
 
-# Each module exposes `register(subparsers)`, which adds its subcommands and sets
-# `func` on them. Imports are lazy so that `batchline operator` never imports torch.
-SUBCOMMAND_MODULES: dict[str, str] = {
-    "operator": "batchline.operator_cli",
-    "local": "batchline.local.cli",
-    "build": "model_repo_builder.cli",
-    "serve": "model_repo_builder.serve_cli",
-    "cache": "model_repo_builder.cache_cli",
-    "autoscale": "batchline.autoscaler.cli",
-}
+GROUP = "batchline.commands"
 
 
 def _parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="batchline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    wanted = argv[0] if argv and argv[0] in SUBCOMMAND_MODULES else None
-    for name, module in SUBCOMMAND_MODULES.items():
+    commands = {ep.name: ep for ep in entry_points(group=GROUP)}
+    wanted = argv[0] if argv and argv[0] in commands else None
+    for name, ep in sorted(commands.items()):
         if wanted is None or name == wanted:
-            importlib.import_module(module).register(sub)
+            ep.load().register(sub)
     return parser
 
 

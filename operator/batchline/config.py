@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from batchline.autoscaler import QueryConfig
-
 DEFAULT_IMAGES = {
     "python": "nvcr.io/nvidia/tritonserver:24.10-py3",
     "vllm": "nvcr.io/nvidia/tritonserver:24.10-vllm-python-py3",
@@ -48,13 +46,6 @@ class OperatorConfig:
     prometheus_object_label: str = "batchline_dev_llmdeployment"
     prometheus_namespace_label: str = "namespace"
     prometheus_selector: str = ""
-
-    def query_config(self) -> QueryConfig:
-        return QueryConfig(
-            object_label=self.prometheus_object_label,
-            namespace_label=self.prometheus_namespace_label or None,
-            selector=self.prometheus_selector,
-        )
 
     def image_for(self, backend: str) -> str:
         return self.vllm_image if backend == "vllm" else self.python_image

@@ -14,7 +14,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
-    import batchline.handlers  # noqa: F401  (registers the handlers)
+    import batchline.controller.handlers  # noqa: F401  (registers the handlers)
 
     kwargs: dict[str, Any] = {"standalone": args.standalone, "priority": args.priority}
     if args.namespace:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from model_repo_builder import BatchingOptions, BuildOptions, Mode, compute_build_key
+from model_repo_builder import BatchingOptions, BuildOptions, Mode, compute_content_key
 from model_repo_builder.checkpoint import ModelKind
 from model_repo_builder.options import Backend, InstanceKind, QualityThresholds
 from model_repo_builder.triton_config import python_model_config, render_config, warmup_files
@@ -98,14 +98,16 @@ def test_bad_batching_is_refused() -> None:
 
 def test_build_key_is_stable_and_depends_on_every_input() -> None:
     base = BuildOptions(mode=Mode.INT8_WEIGHT_ONLY)
-    key = compute_build_key(FILES, base)
-    assert key == compute_build_key(dict(reversed(FILES.items())), BuildOptions(mode=Mode.INT8_WEIGHT_ONLY))
+    key = compute_content_key(FILES, base)
+    assert key == compute_content_key(dict(reversed(FILES.items())), BuildOptions(mode=Mode.INT8_WEIGHT_ONLY))
     variants = [
-        compute_build_key({**FILES, "model.safetensors": "c" * 64}, base),
-        compute_build_key(FILES, BuildOptions(mode=Mode.INT4_WEIGHT_ONLY)),
-        compute_build_key(FILES, BuildOptions(mode=Mode.INT8_WEIGHT_ONLY, backend=Backend.VLLM)),
-        compute_build_key(FILES, BuildOptions(mode=Mode.INT8_WEIGHT_ONLY, batching=BatchingOptions(max_batch_size=4))),
-        compute_build_key(FILES, BuildOptions(mode=Mode.INT8_WEIGHT_ONLY, quality=QualityThresholds(0.5, 0.5, 0.5))),
-        compute_build_key(FILES, base, builder_version="0.0.0"),
+        compute_content_key({**FILES, "model.safetensors": "c" * 64}, base),
+        compute_content_key(FILES, BuildOptions(mode=Mode.INT4_WEIGHT_ONLY)),
+        compute_content_key(FILES, BuildOptions(mode=Mode.INT8_WEIGHT_ONLY, backend=Backend.VLLM)),
+        compute_content_key(
+            FILES, BuildOptions(mode=Mode.INT8_WEIGHT_ONLY, batching=BatchingOptions(max_batch_size=4))
+        ),
+        compute_content_key(FILES, BuildOptions(mode=Mode.INT8_WEIGHT_ONLY, quality=QualityThresholds(0.5, 0.5, 0.5))),
+        compute_content_key(FILES, base, builder_version="0.0.0"),
     ]
     assert len({key, *variants}) == len(variants) + 1

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from batchline.local.binaries import KUBE_VERSION
-from batchline.local.helm import ensure_helm
+from devcluster.binaries import KUBE_VERSION
+from devcluster.helm import ensure_helm
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "batchline"

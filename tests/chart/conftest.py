@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from batchline.local.helm import ensure_helm
+from devcluster.helm import ensure_helm
 
 HERE = Path(__file__).resolve().parent
 

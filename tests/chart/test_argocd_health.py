@@ -49,9 +49,9 @@ def test_every_testdata_file_has_a_case_and_every_status_is_covered() -> None:
 
 
 def test_status_from_the_operator_maps_to_healthy() -> None:
-    """A status written by batchline.status.compute_status for a serving deployment is Healthy."""
+    """A status written by batchline.report.status.compute_status for a serving deployment is Healthy."""
     from batchline.observed import DeploymentView, Observed
-    from batchline.status import compute_status
+    from batchline.report.status import compute_status
     from tests.crd_schema import defaulted
 
     llmd = {"metadata": {"name": "chat", "namespace": "llm", "generation": 3, "uid": "u"},
@@ -70,7 +70,7 @@ def test_status_from_the_operator_maps_to_healthy() -> None:
 def test_a_build_from_the_operator_maps_to_argo_health(phase: str, expected: str) -> None:
     """Argo CD shows a first build as Progressing, not stuck, and a failed build as Degraded with its cause."""
     from batchline.observed import Observed
-    from batchline.status import compute_status
+    from batchline.report.status import compute_status
     from tests.crd_schema import defaulted
 
     llmd = {"metadata": {"name": "chat", "namespace": "llm", "generation": 1, "uid": "u"},

@@ -31,12 +31,12 @@ import yaml
 from kubernetes import client, config
 
 from batchline import api
-from batchline.build_job import build_job
 from batchline.config import OperatorConfig
-from batchline.local import audit
-from batchline.local.operator_process import OperatorProcess
-from batchline.local.process import free_ports
-from batchline.manifests import children
+from batchline.resources.build_job import build_job
+from batchline.resources.serving import children
+from devcluster import audit
+from devcluster.operator_process import OperatorProcess
+from devcluster.process import free_ports
 from tests.chart.chart import CHART, REPO, VALUE_SETS, Manifest, container, helm, of_kind, render
 from tests.crd_schema import defaulted
 from tests.integration.conftest import TINY_CHECKPOINT, kubectl, wait_for
@@ -273,7 +273,7 @@ def cycle(cluster: Any, chart_crds: None, namespaces: tuple[str, str], tiny_chec
                                               {"spec": {"autoscaling": {"minReplicas": 2}}})
         wait_for(lambda: _settled(custom, watched, 2), timeout=90, what="2 ready replicas after scale-up")
 
-        assert "batchline.reconcile" not in standby.log_text(), "the standby wrote while paused"
+        assert "batchline.controller.reconcile" not in standby.log_text(), "the standby wrote while paused"
         failover = time.time()
         active.stop()  # a clean exit removes it from the peering: the standby takes over at once
         wait_for(lambda: not _paused(standby.log_text()), timeout=30, what="the standby resumes")
@@ -327,7 +327,7 @@ def _handler_watches() -> set[tuple[str, str]]:
 
     kopf's registry has no public listing, so this reads the same per-kind registries kopf's own
     resource observer reads (kopf/_core/reactor/observation.py)."""
-    import batchline.handlers  # noqa: F401  (registers the handlers)
+    import batchline.controller.handlers  # noqa: F401  (registers the handlers)
 
     registry = kopf.get_default_registry()
     handlers = [h for part in (registry._indexing, registry._watching, registry._spawning, registry._changing)

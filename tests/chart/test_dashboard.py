@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from batchline import metrics
-from batchline.manifests import triton_args
+from batchline.report import metrics
+from batchline.resources.serving import triton_args
 from tests.chart.chart import CHART
 from tests.crd_schema import defaulted
 

@@ -11,9 +11,10 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from batchline import metrics, operator_cli
+from batchline import operator_cli
 from batchline.config import OperatorConfig
-from batchline.local.binaries import KUBE_VERSION
+from batchline.report import metrics
+from devcluster.binaries import KUBE_VERSION
 from tests.chart.chart import (
     CHART,
     VALUE_SETS,
@@ -248,7 +249,7 @@ def test_selectors_and_port_names_line_up() -> None:
 
 
 def test_triton_pod_monitor_selects_and_labels_like_the_operators_own() -> None:
-    from batchline.manifests import common_labels, pod_monitor
+    from batchline.resources.serving import common_labels, pod_monitor
 
     monitor = one(render([NAMESPACED]), "PodMonitor")
     own = pod_monitor({"metadata": {"name": "chat", "namespace": "team-a", "uid": "u"}})

@@ -14,7 +14,7 @@ import pytest
 from kubernetes import client, config
 
 from batchline import api
-from batchline.local.operator_process import OperatorProcess
+from devcluster.operator_process import OperatorProcess
 from tests.conftest import TINY_CHECKPOINT as TINY_CHECKPOINT
 
 REPO = Path(__file__).resolve().parents[2]

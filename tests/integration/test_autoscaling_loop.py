@@ -16,8 +16,8 @@ import pytest
 import tritonclient.http as httpclient
 from kubernetes import client
 
-from batchline.local.operator_process import OperatorProcess
-from batchline.local.prometheus import PrometheusServer, ScrapeTarget
+from devcluster.operator_process import OperatorProcess
+from devcluster.prometheus import PrometheusServer, ScrapeTarget
 from model_repo_builder.triton_server import TritonServer
 from tests.integration.conftest import OPERATOR_ENV, LLMDs, wait_for
 

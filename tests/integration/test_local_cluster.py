@@ -13,12 +13,12 @@ from typing import Any, TypeVar
 import pytest
 from kubernetes import client, config
 
-from batchline.local import process
-from batchline.local.audit import count_writes, write_events
-from batchline.local.controlplane import LocalCluster
-from batchline.local.identities import OPERATOR_USER
-from batchline.local.kubeapi import ApiError, KubeApi
-from batchline.local.nodes import GPU_RESOURCE, GPU_TAINT, NodeSpec, is_ready
+from devcluster import process
+from devcluster.audit import count_writes, write_events
+from devcluster.controlplane import LocalCluster
+from devcluster.identities import OPERATOR_USER
+from devcluster.kubeapi import ApiError, KubeApi
+from devcluster.nodes import GPU_RESOURCE, GPU_TAINT, NodeSpec, is_ready
 
 pytestmark = pytest.mark.cluster
 

@@ -22,10 +22,10 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-from batchline.local import process
-from batchline.local.controlplane import LocalCluster
-from batchline.local.kubeapi import ApiError, KubeApi
-from batchline.local.prometheus import PrometheusServer
+from devcluster import process
+from devcluster.controlplane import LocalCluster
+from devcluster.kubeapi import ApiError, KubeApi
+from devcluster.prometheus import PrometheusServer
 
 pytestmark = pytest.mark.cluster
 

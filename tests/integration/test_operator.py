@@ -13,10 +13,10 @@ from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
 from batchline import api
-from batchline.local.audit import write_events
-from batchline.local.identities import OPERATOR_USER
-from batchline.local.nodes import NodeSpec
-from batchline.local.operator_process import OperatorProcess
+from devcluster.audit import write_events
+from devcluster.identities import OPERATOR_USER
+from devcluster.nodes import NodeSpec
+from devcluster.operator_process import OperatorProcess
 from tests.integration.conftest import REPO, TINY_CHECKPOINT, LLMDs, kubectl, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("operator")]

@@ -8,17 +8,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from batchline.autoscaler.controllers import (
+from batchline.autoscaler.spec import AutoscalingSpec
+from batchline.cli import main
+from batchline_tools.autoscale_sim.baselines import (
     HpaCore,
     external_average_value_replicas,
     pods_metric_replicas,
     simulate_policy,
 )
-from batchline.autoscaler.plot import plot_results
-from batchline.autoscaler.simulator import PoolView, ReplicaProfile, SimConfig, simulate
-from batchline.autoscaler.spec import AutoscalingSpec
-from batchline.autoscaler.trace import Trace, load_trace
-from batchline.cli import main
+from batchline_tools.autoscale_sim.plot import plot_results
+from batchline_tools.autoscale_sim.simulator import PoolView, ReplicaProfile, SimConfig, simulate
+from batchline_tools.autoscale_sim.trace import Trace, load_trace
 
 METRICS = ("slo_attainment", "minutes_within_slo", "replica_hours", "scale_events", "p95_latency_ms")
 SPEC = AutoscalingSpec(min_replicas=1, max_replicas=12, target_latency_ms=10_000)

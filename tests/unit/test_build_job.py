@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from batchline import api
-from batchline.build_job import build_job, builder_args
+from batchline.build.catalogue import CacheEntry, collectable
 from batchline.config import OperatorConfig
-from batchline.model_cache import CacheEntry, collectable, gc_job
+from batchline.resources.build_job import build_job, builder_args
+from batchline.resources.model_cache import gc_job
 from tests.crd_schema import llmd
 
 CFG = OperatorConfig()

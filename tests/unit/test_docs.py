@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from batchline.apidocs import render
+from batchline_tools.apidocs import render
 from tests.crd_schema import crd
 
 REPO = Path(__file__).resolve().parents[2]
@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_api_reference_matches_the_crd() -> None:
     expected = render(crd())
     assert (REPO / "docs" / "api-reference.md").read_text() == expected, (
-        "regenerate: python -m batchline.apidocs crds/llmdeployment.yaml > docs/api-reference.md"
+        "regenerate: python -m batchline_tools.apidocs crds/llmdeployment.yaml > docs/api-reference.md"
     )
 
 

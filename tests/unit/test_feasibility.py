@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from batchline import feasibility
 from batchline.observed import NodeView
+from batchline.report import feasibility
 from tests.crd_schema import llmd
 
 H100 = "NVIDIA-H100-80GB-HBM3"

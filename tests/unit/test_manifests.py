@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from batchline import api, manifests
-from batchline.build_key import repository_key
+from batchline import api
+from batchline.build.spec_key import repository_key
 from batchline.config import OperatorConfig
+from batchline.resources import serving
 from tests.crd_schema import llmd
 
 CFG = OperatorConfig()
@@ -14,7 +15,7 @@ KEY = "0123456789abcdef"
 
 
 def _pod(obj: dict) -> dict:
-    return manifests.deployment(obj, 2, CFG, KEY)["spec"]["template"]["spec"]
+    return serving.deployment(obj, 2, CFG, KEY)["spec"]["template"]["spec"]
 
 
 def test_triton_container_args_ports_and_probes() -> None:
@@ -59,7 +60,7 @@ def test_restricted_pod_security_and_shm() -> None:
 
 def test_every_child_is_owned_and_labelled() -> None:
     obj = llmd(name="chat")
-    kids = manifests.children(obj, 1, CFG, with_pod_monitor=True, serving_key=KEY)
+    kids = serving.children(obj, 1, CFG, with_pod_monitor=True, serving_key=KEY)
     assert [k["kind"] for k in kids] == ["Service", "PodDisruptionBudget", "Deployment", "PodMonitor"]
     for kid in kids:
         ref = kid["metadata"]["ownerReferences"][0]
@@ -72,7 +73,7 @@ def test_every_child_is_owned_and_labelled() -> None:
             "blockOwnerDeletion": True,
         }
         assert kid["metadata"]["labels"][api.LABEL_LLMD] == "chat"
-    assert [k["kind"] for k in manifests.children(obj, 1, CFG, with_pod_monitor=False, serving_key=KEY)] == [
+    assert [k["kind"] for k in serving.children(obj, 1, CFG, with_pod_monitor=False, serving_key=KEY)] == [
         "Service",
         "PodDisruptionBudget",
         "Deployment",
@@ -80,7 +81,7 @@ def test_every_child_is_owned_and_labelled() -> None:
 
 
 def test_rollout_never_drops_ready_capacity() -> None:
-    dep = manifests.deployment(llmd(), 3, CFG, KEY)
+    dep = serving.deployment(llmd(), 3, CFG, KEY)
     assert dep["spec"]["replicas"] == 3
     assert dep["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
 
@@ -105,14 +106,14 @@ def test_model_cache_is_the_pvc_unless_local_mode_names_a_host_folder() -> None:
     volumes = {v["name"]: v for v in _pod(llmd())["volumes"]}
     assert volumes["model-cache"]["persistentVolumeClaim"] == {"claimName": "batchline-model-cache", "readOnly": True}
     local = OperatorConfig(model_cache_host_path="/var/cache/batchline")
-    pod = manifests.deployment(llmd(), 1, local, KEY)["spec"]["template"]["spec"]
+    pod = serving.deployment(llmd(), 1, local, KEY)["spec"]["template"]["spec"]
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["model-cache"]["hostPath"]["path"] == "/var/cache/batchline/team-a"  # one cache per namespace
     assert {"name": "model-cache", "mountPath": "/models", "readOnly": True} in pod["containers"][0]["volumeMounts"]
 
 
 def test_no_deployment_until_a_build_is_there_to_serve() -> None:
-    kinds = [k["kind"] for k in manifests.children(llmd(), 1, CFG, with_pod_monitor=False, serving_key=None)]
+    kinds = [k["kind"] for k in serving.children(llmd(), 1, CFG, with_pod_monitor=False, serving_key=None)]
     assert kinds == ["Service", "PodDisruptionBudget"]
 
 
@@ -123,5 +124,5 @@ def test_triton_starts_only_after_the_init_step_checks_the_build() -> None:
     assert check["image"] == CFG.builder_image
     assert {"name": "model-cache", "mountPath": "/models", "readOnly": True} in check["volumeMounts"]
     assert check["securityContext"]["runAsNonRoot"] is True
-    template = manifests.deployment(llmd(), 1, CFG, KEY)["spec"]["template"]
+    template = serving.deployment(llmd(), 1, CFG, KEY)["spec"]["template"]
     assert template["metadata"]["annotations"][api.ANNOTATION_BUILD_KEY] == KEY

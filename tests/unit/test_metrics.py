@@ -8,7 +8,7 @@ import uuid
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from batchline import metrics
+from batchline.report import metrics
 
 
 @pytest.fixture

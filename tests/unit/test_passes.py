@@ -8,7 +8,7 @@ from collections.abc import Callable, Hashable
 
 import pytest
 
-from batchline.passes import Passes
+from batchline.controller.passes import Passes
 
 
 def _until(check: Callable[[], bool]) -> None:

@@ -11,19 +11,19 @@ from typing import Any
 
 import pytest
 
-from batchline.local.container_launch import PodContext, PodSpecError, launch
-from batchline.local.node_agent import PodAddresses
-from batchline.local.pod_network import node_subnet
-from batchline.local.pod_status import (
+from devcluster.container_launch import PodContext, PodSpecError, launch
+from devcluster.node_agent import PodAddresses
+from devcluster.pod_network import node_subnet
+from devcluster.pod_status import (
     ContainerRecord,
     pod_phase,
     pod_status,
     terminated_state,
     termination_message,
 )
-from batchline.local.pod_targets import target_groups
-from batchline.local.probes import Probe
-from batchline.local.prometheus import pod_scrape_config
+from devcluster.pod_targets import target_groups
+from devcluster.probes import Probe
+from devcluster.prometheus import pod_scrape_config
 
 POD_DIR = Path("/work/pods/ns_p_uid")
 CTX = PodContext(

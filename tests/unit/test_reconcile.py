@@ -11,13 +11,13 @@ from typing import Any
 
 from kubernetes import client
 
-from batchline.apply import applied_hash
-from batchline.build_key import repository_key
+from batchline.build.catalogue import CacheEntry
+from batchline.build.spec_key import repository_key
 from batchline.config import OperatorConfig
-from batchline.model_cache import CacheEntry
+from batchline.controller.reconcile import Writers, desired_replicas, reconcile
+from batchline.controller.writer import applied_hash
 from batchline.observed import BuildPodView, DeploymentView, JobView, NodeView, PodView
-from batchline.reconcile import Writers, desired_replicas, reconcile
-from batchline.status import Event
+from batchline.report.status import Event
 from tests.crd_schema import llmd
 
 NODES = [NodeView("gpu-0", {"nvidia.com/gpu.product": "H100"}, 8)]
@@ -322,7 +322,7 @@ def test_two_deployments_with_the_same_inputs_share_one_build_job() -> None:
 
 
 def test_status_fields_that_go_away_are_removed_not_left_behind() -> None:
-    from batchline.reconcile import merge_patch
+    from batchline.controller.reconcile import merge_patch
 
     current = {"build": {"phase": "Failed", "retryAt": "t", "report": {"a": 1}}, "autoscaling": {"x": 1}}
     new = {"build": {"phase": "Ready", "report": {"b": 2}}}

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from batchline.autoscaler import QueryConfig, Status
-from batchline.scaling import Scaler
+from batchline.autoscaler.actuator import Scaler
 from tests.crd_schema import llmd
 
 OBJ = llmd(name="chat", autoscaling={"minReplicas": 1, "maxReplicas": 8, "targetLatencyMs": 1000})

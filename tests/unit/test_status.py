@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from batchline.feasibility import Problem
 from batchline.observed import DeploymentView, NodeView, Observed, PodView
-from batchline.status import compute_status, status_changed, transition_events
+from batchline.report.feasibility import Problem
+from batchline.report.status import compute_status, status_changed, transition_events
 from tests.crd_schema import llmd
 
 NODES = (NodeView("gpu-0", {"nvidia.com/gpu.product": "H100"}, 8),)

@@ -7,9 +7,11 @@ from typing import Any
 
 from kopf._core.intents import registries
 
-from batchline import api, handlers, manifests, model_cache
-from batchline.build_job import build_job
+from batchline import api
 from batchline.config import OperatorConfig
+from batchline.controller import handlers
+from batchline.resources import model_cache, serving
+from batchline.resources.build_job import build_job
 from tests.crd_schema import llmd
 
 CFG = OperatorConfig(model_cache_host_path="/var/cache/batchline")
@@ -24,7 +26,7 @@ def test_everything_the_operator_makes_carries_the_watch_selector() -> None:
     obj = llmd()
     obj["metadata"]["uid"] = "u1"
     made = [
-        *manifests.children(obj, 1, CFG, True, "k1"),
+        *serving.children(obj, 1, CFG, True, "k1"),
         build_job([obj], obj["spec"], "k1", 1, CFG),
         model_cache.gc_job("team-a", ["k1"], CFG),
         model_cache.catalogue("team-a", CFG),

@@ -1,0 +1,1 @@
+"""Offline, trace-driven simulation of the autoscaler against baseline policies."""

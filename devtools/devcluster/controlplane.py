@@ -1,0 +1,270 @@
+"""A local Kubernetes control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
+KWOK with fake GPU nodes, and process nodes whose agents (node_agent.py) run pods as local
+processes, all detached processes with their state in one directory.
+
+`batchline local up|down|status` and the pytest `cluster` fixture both drive LocalCluster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import random
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from devcluster import binaries, pki, pod_network, process
+from devcluster import nodes as fake_nodes
+from devcluster.components import (
+    GROUPS,
+    KUBERNETES_SERVICE_IP,
+    LOCALHOST,
+    PORTS,
+    Component,
+    components,
+    process_node,
+    process_node_names,
+)
+from devcluster.identities import ensure_kubeconfigs, node_identity, rbac_manifests
+from devcluster.kubeapi import ApiError, KubeApi, probe
+from devcluster.layout import Layout, default_root
+from devcluster.nodes import DEFAULT_GPU_PRODUCT, NodeSpec
+from devcluster.pod_runner import kill_recorded_processes
+from devcluster.pod_targets import PodDiscovery
+
+
+def _say(message: str) -> None:
+    print(f"[local] {message}", file=sys.stderr, flush=True)
+
+
+class LocalCluster:
+    """One local cluster, identified by its state dir (default: <BATCHLINE_LOCAL_DIR>/<name>)."""
+
+    def __init__(self, name: str = "default", state_dir: str | Path | None = None) -> None:
+        self.name = name
+        self.layout = Layout((Path(state_dir) if state_dir else default_root() / name).absolute())
+
+    @property
+    def state_dir(self) -> Path:
+        return self.layout.root
+
+    @property
+    def kubeconfig(self) -> Path:
+        """Admin (system:masters) kubeconfig."""
+        return self.layout.kubeconfig("admin")
+
+    @property
+    def operator_kubeconfig(self) -> Path:
+        """Kubeconfig of the `batchline-operator` user (system:masters too), for attributing writes."""
+        return self.layout.kubeconfig("operator")
+
+    @property
+    def audit_log(self) -> Path:
+        return self.layout.audit_log
+
+    def api(self, identity: str = "admin") -> KubeApi:
+        """A client authenticated as `identity` (a key of identities.IDENTITIES, e.g. "operator")."""
+        p = self.layout.pki
+        return KubeApi(self._server(self._state()["ports"]), p / "ca.crt", p / f"{identity}.crt",
+                       p / f"{identity}.key")
+
+    def pod_discovery(self) -> PodDiscovery:
+        """How a Prometheus discovers this cluster's pods (as the `prometheus` identity, which may read pods)."""
+        p = self.layout.pki
+        server = self._server(self._state()["ports"])
+        return PodDiscovery(server, p / "ca.crt", p / "prometheus.crt", p / "prometheus.key")
+
+    def up(self, nodes: int = 2, gpus_per_node: int = 8, gpu_product: str = DEFAULT_GPU_PRODUCT,
+           timeout: float = 180.0, process_nodes: int = 1) -> Path:
+        """Build what is missing, start what is not running, reconcile the GPU nodes and the process
+        nodes (`process_nodes` agents that run pods as local processes); idempotent.
+
+        Returns the admin kubeconfig path.
+        """
+        started = time.monotonic()
+        binaries.ensure_binaries()
+        deadline = time.monotonic() + timeout
+        with self._locked():
+            state = self._state() if self.layout.state_file.exists() else self._new_state()
+            retired = process_node_names(state.get("nodes", {}).get("process_nodes", 0))[process_nodes:]
+            state["nodes"] = {"count": nodes, "gpus_per_node": gpus_per_node, "gpu_product": gpu_product,
+                              "process_nodes": process_nodes}
+            agents = process_node_names(process_nodes)
+            if agents:
+                state["pod_range"] = pod_network.pod_range()
+            missing = [name for name in agents if name not in state["ports"]]
+            state["ports"] |= dict(zip(missing, process.free_ports(len(missing)), strict=True))
+            self.layout.state_file.write_text(json.dumps(state, indent=2) + "\n")
+            self._ensure_credentials(state["ports"], agents)
+            comps = {c.name: c for c in self._components(state)}
+            for group in [*GROUPS, agents]:
+                for name in group:
+                    self._ensure_running(comps[name])
+                for name in group:
+                    self._wait_healthy(comps[name], deadline)
+                if "kube-apiserver" in group:
+                    self._ensure_rbac()
+            api = self.api()
+            self._retire_process_nodes(api, retired)
+            pool = fake_nodes.gpu_pool(nodes, gpus_per_node, gpu_product)
+            fake_nodes.reconcile_pool(api, pool)
+            fake_nodes.wait_ready(api, [n.name for n in pool] + agents, max(deadline - time.monotonic(), 1))
+            _wait_for(lambda: _exists(api, "/api/v1/namespaces/default/serviceaccounts/default"), deadline,
+                      "the default service account")
+        _say(f"cluster {self.name!r} is up ({time.monotonic() - started:.1f}s)")
+        return self.kubeconfig
+
+    def down(self) -> None:
+        """Stop every component and remove the state dir (etcd data, certificates, logs)."""
+        if not self.state_dir.exists():
+            return
+        with self._locked():
+            if self.layout.state_file.exists():
+                process.stop_all(pid for _, pid in self._pids())
+            kill_recorded_processes(self.state_dir / "nodes")  # pods of an agent that did not stop them
+            shutil.rmtree(self.state_dir)
+
+    def is_up(self) -> bool:
+        return bool(self.status()["up"])
+
+    def status(self) -> dict[str, Any]:
+        """Components (pid, running, healthy), nodes and GPU allocatable; cheap, safe to poll."""
+        result: dict[str, Any] = {"name": self.name, "state_dir": str(self.state_dir), "up": False,
+                                  "components": {}, "nodes": [], "gpu_allocatable": 0}
+        if not self.layout.state_file.exists():
+            return result
+        state = self._state()
+        pids = dict(self._pids())
+        for comp in self._components(state):
+            result["components"][comp.name] = {
+                "pid": pids.get(comp.name), "running": comp.name in pids,
+                "healthy": comp.name in pids and probe(comp.health_url),
+                "port": state["ports"].get(comp.name), "log": str(self.layout.log(comp.name)),
+            }
+        result["up"] = all(c["healthy"] for c in result["components"].values())
+        result |= {"server": self._server(state["ports"]), "kubeconfig": str(self.kubeconfig),
+                   "operator_kubeconfig": str(self.operator_kubeconfig), "audit_log": str(self.audit_log),
+                   "kube_version": state["kube_version"], "requested_nodes": state.get("nodes"),
+                   "pod_range": state.get("pod_range")}
+        if result["components"]["kube-apiserver"]["healthy"]:
+            result["nodes"] = [fake_nodes.summary(n) for n in self.api().get("/api/v1/nodes")["items"]]
+            result["gpu_allocatable"] = sum(n["gpus"] for n in result["nodes"])
+        return result
+
+    def add_node(self, spec: NodeSpec, timeout: float = 60.0) -> None:
+        """Add a fake node (e.g. `NodeSpec("cpu-0", gpus=0)`) and wait until pods can land on it."""
+        api = self.api()
+        fake_nodes.create(api, spec)
+        fake_nodes.wait_ready(api, [spec.name], timeout)
+
+    def remove_node(self, name: str) -> None:
+        fake_nodes.delete(self.api(), name)
+
+    def _state(self) -> dict[str, Any]:
+        return dict(json.loads(self.layout.state_file.read_text()))
+
+    def _new_state(self) -> dict[str, Any]:
+        # pod_block: the first /24 of the pod range for this cluster's process nodes; random, so that
+        # clusters side by side rarely hand out the same pod IPs.
+        return {"name": self.name, "kube_version": binaries.KUBE_VERSION,
+                "ports": dict(zip(PORTS, process.free_ports(len(PORTS)), strict=True)),
+                "pod_block": random.randrange(256)}
+
+    @staticmethod
+    def _server(ports: Mapping[str, int]) -> str:
+        return f"https://{LOCALHOST}:{ports['kube-apiserver']}"
+
+    def _components(self, state: Mapping[str, Any]) -> list[Component]:
+        ports = state["ports"]
+        agents = process_node_names(state.get("nodes", {}).get("process_nodes", 0))
+        pod_range, block = state.get("pod_range", pod_network.LOOPBACK_RANGE), state.get("pod_block", 0)
+        return [*components(self.layout, ports, binaries.bin_dir(), binaries.kwok_stages_file()),
+                *(process_node(self.layout, name, pod_network.node_subnet(pod_range, block + i), ports[name])
+                  for i, name in enumerate(agents))]
+
+    def _pids(self) -> Iterator[tuple[str, int]]:
+        for comp in self._components(self._state()):
+            pid = self._running_pid(comp)
+            if pid is not None:
+                yield comp.name, pid
+
+    def _ensure_credentials(self, ports: Mapping[str, int], process_nodes: list[str]) -> None:
+        p = self.layout.pki
+        pki.ensure_ca(p)
+        pki.ensure_serving_cert(p, "apiserver", ["localhost", "kubernetes", "kubernetes.default",
+                                                 "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"],
+                                [LOCALHOST, KUBERNETES_SERVICE_IP])
+        pki.ensure_service_account_keys(p)
+        ensure_kubeconfigs(self.layout, f"batchline-{self.name}", self._server(ports),
+                           {name: node_identity(name) for name in process_nodes})
+
+    def _ensure_rbac(self) -> None:
+        """What the process nodes and Prometheus may do (server-side apply, so changes here roll out)."""
+        api = self.api()
+        for manifest in rbac_manifests():
+            kind = manifest["kind"].lower() + "s"
+            path = f"/apis/rbac.authorization.k8s.io/v1/{kind}/{manifest['metadata']['name']}"
+            api.request("PATCH", f"{path}?fieldManager=batchline-local&force=true", manifest,
+                        "application/apply-patch+yaml")
+
+    def _retire_process_nodes(self, api: KubeApi, names: list[str]) -> None:
+        """Stop the agents of process nodes beyond the requested count and delete their Nodes."""
+        for name in names:
+            pid = process.running_pid(self.layout.pid_file(name), f"{self.state_dir}/")
+            if pid is not None:
+                _say(f"stopping {name}")
+                process.stop_all([pid])
+            kill_recorded_processes(self.layout.node_dir(name))
+            fake_nodes.delete(api, name)
+
+    def _running_pid(self, comp: Component) -> int | None:
+        # Every component's command line names a path in the state dir.
+        return process.running_pid(self.layout.pid_file(comp.name), f"{self.state_dir}/")
+
+    def _ensure_running(self, comp: Component) -> None:
+        pid_file = self.layout.pid_file(comp.name)
+        if self._running_pid(comp) is None:
+            _say(f"starting {comp.name}")
+            # In the state dir: `python -m` puts the working dir first on sys.path, and a source
+            # checkout there would shadow the installed packages.
+            process.start(comp.argv, self.layout.log(comp.name), pid_file, cwd=self.state_dir)
+
+    def _wait_healthy(self, comp: Component, deadline: float) -> None:
+        def healthy() -> bool:
+            if self._running_pid(comp) is None:
+                tail = self.layout.log(comp.name).read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"{comp.name} exited; end of {self.layout.log(comp.name)}:\n{tail}")
+            return probe(comp.health_url)
+
+        _wait_for(healthy, deadline, f"{comp.name} to be healthy ({comp.health_url})")
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Serialise up/down on one state dir (e.g. two test sessions starting together)."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with self.layout.lock_file.open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+
+
+def _exists(api: KubeApi, path: str) -> bool:
+    try:
+        api.get(path)
+    except ApiError as err:
+        if err.status == 404:
+            return False
+        raise
+    return True
+
+
+def _wait_for(check: Callable[[], bool], deadline: float, what: str) -> None:
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.2)

@@ -1,0 +1,129 @@
+"""Where an LLMDeployment's build stands, and what to do next: a pure function of what was observed.
+
+A build key is Ready once it is in the cache catalogue. Otherwise its newest Job attempt decides:
+none yet -> start attempt 1; running -> wait; succeeded -> record it in the catalogue (its pod's
+termination message is the report); failed -> show the builder's own message, and start the next
+attempt only after a backoff that doubles per attempt, so a broken build never storms the cluster.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from batchline.build.catalogue import CacheEntry
+from batchline.timestamps import rfc3339
+from batchline.observed import BuildPodView, JobView
+
+READY, BUILDING, FAILED = "Ready", "Building", "Failed"
+
+
+@dataclass(frozen=True)
+class BuildState:
+    key: str
+    phase: str  # Ready | Building | Failed
+    reason: str
+    message: str
+    attempt: int = 0
+    job: str | None = None
+    start_attempt: int | None = None  # create the Job of this attempt
+    delete_job: str | None = None  # the failed attempt it replaces
+    record: CacheEntry | None = None  # a finished build to add to the catalogue
+    retry_at: str | None = None
+    seconds: float | None = None  # how long the finished attempt ran
+
+    def status(self, entry: CacheEntry | None) -> dict[str, Any]:
+        """status.build: what a user reads to follow the build and judge its result."""
+        out: dict[str, Any] = {"key": self.key, "phase": self.phase, "message": self.message}
+        optional = {"job": self.job, "attempt": self.attempt or None, "retryAt": self.retry_at}
+        out |= {k: v for k, v in optional.items() if v is not None}
+        found = entry or self.record
+        if found is not None and found.summary:
+            out["report"] = report_fields(found.summary)
+        return out
+
+
+def report_fields(summary: Mapping[str, Any]) -> dict[str, Any]:
+    quality = summary.get("quality") or {}
+    fields = {
+        "contentKey": summary.get("key"),
+        "mode": summary.get("mode"),
+        "sizeBytes": summary.get("sizeBytes"),
+        "fp32Bytes": summary.get("fp32Bytes"),
+        "compressionRatio": _str(summary.get("compressionRatio"), "{:.2f}x"),
+        "perplexityIncrease": _str(quality.get("perplexityIncrease"), "{:+.2%}"),
+        "top1Agreement": _str(quality.get("top1Agreement"), "{:.1%}"),
+        "minCosineSimilarity": _str(quality.get("minCosineSimilarity"), "{:.4f}"),
+        "qualityGatePassed": quality.get("passed"),
+        "buildSeconds": _str(summary.get("buildSeconds"), "{:.0f}"),
+    }
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def _str(value: Any, fmt: str) -> str | None:
+    # Figures go to status as formatted strings, as a user reads them in kubectl get -o yaml.
+    return fmt.format(value) if isinstance(value, int | float) else None
+
+
+def _epoch(timestamp: str | None) -> float | None:
+    if not timestamp:
+        return None
+    return datetime.datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
+
+
+def retry_delay(attempt: int, base_seconds: float, cap_seconds: float = 3600.0) -> float:
+    return float(min(base_seconds * 2 ** max(attempt - 1, 0), cap_seconds))
+
+
+def _summary(message: str) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(message)
+    except json.JSONDecodeError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def decide(
+    key: str,
+    entry: CacheEntry | None,
+    jobs: Sequence[JobView],
+    pods: Sequence[BuildPodView],
+    now: float,
+    retry_base_seconds: float,
+) -> BuildState:
+    if entry is not None:
+        return BuildState(key, READY, "Cached", f"Build {key} is in the model cache.")
+    if not jobs:
+        return BuildState(key, BUILDING, "BuildPending", f"Starting build {key}.", attempt=1, start_attempt=1)
+    job = max(jobs, key=lambda j: j.attempt)
+    job_pods = sorted((p for p in pods if p.job == job.name), key=lambda p: p.created)
+    newest = job_pods[-1] if job_pods else None
+    base = BuildState(key, BUILDING, "Building", "", attempt=job.attempt, job=job.name)
+    started, finished = _epoch(job.start_time), _epoch(job.finished_at)
+    if started is not None and finished is not None:
+        base = replace(base, seconds=max(finished - started, 0.0))
+    if job.finished is None:
+        detail = "waiting for its pod"
+        if newest is not None and newest.phase == "Succeeded":
+            detail = f"pod {newest.name} finished"  # its message is the report, recorded once the Job completes
+        elif newest is not None:
+            detail = f"pod {newest.name} {newest.phase}" + (f": {newest.message}" if newest.message else "")
+        return replace(base, message=f"Job {job.name} is building {key}; {detail}.")
+    if job.finished == "Complete":
+        summary = next((s for p in reversed(job_pods) if (s := _summary(p.message))), None)
+        record = CacheEntry(key, job.finished_at or rfc3339(now), summary or {})
+        return replace(base, phase=READY, reason="Built", message=f"Job {job.name} built {key}.", record=record)
+    # The builder's own words first (its termination message), else why its pod never ran, else the Job's.
+    failed = [p for p in job_pods if p.phase == "Failed" and p.message]
+    stuck = [p for p in job_pods if p.message]
+    cause = failed[-1].message if failed else f"{stuck[-1].message} ({job.message})" if stuck else job.message
+    retry = (finished or now) + retry_delay(job.attempt, retry_base_seconds)
+    base = replace(base, phase=FAILED, reason="BuildFailed")
+    message = f"Build {key} failed (attempt {job.attempt}): {cause}"
+    if now >= retry:
+        return replace(base, message=f"{message} Retrying now.", start_attempt=job.attempt + 1, delete_job=job.name)
+    at = rfc3339(retry)
+    return replace(base, message=f"{message} Next attempt at {at}.", retry_at=at)

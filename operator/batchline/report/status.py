@@ -1,0 +1,253 @@
+"""The LLMDeployment's status, computed by a pure function of the object and what was observed.
+
+Conditions follow the Kubernetes API conventions: each carries observedGeneration, and
+lastTransitionTime only moves when status flips. Ready summarises the others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from batchline import api
+from batchline.autoscaler import Status
+from batchline.autoscaler.actuator import ScaleView
+from batchline.observed import Observed
+from batchline.report.feasibility import Problem, matching_nodes
+from batchline.resources.event import Event
+from batchline.resources.serving import endpoints
+
+TRUE, FALSE, UNKNOWN = "True", "False", "Unknown"
+CONDITION_ORDER = ("Ready", "ModelReady", "Schedulable", "Progressing", "Degraded", "ScalingActive")
+_METRIC_REASONS = {
+    Status.PROMETHEUS_DOWN: "PrometheusUnavailable",
+    Status.NO_DATA: "NoMetrics",
+    Status.NAN: "MetricsNaN",
+    Status.STALE: "MetricsStale",
+}
+
+
+def _cond(ctype: str, status: str, reason: str, message: str) -> dict[str, Any]:
+    return {"type": ctype, "status": status, "reason": reason, "message": message}
+
+
+def _gpu_status(spec: Mapping[str, Any], observed: Observed, desired: int) -> dict[str, int]:
+    res = spec["resources"]
+    return {
+        "requested": res["gpu"]["count"] * desired,
+        "allocatable": sum(n.allocatable_gpus for n in matching_nodes(res, observed.nodes)),
+        "unschedulableReplicas": sum(1 for p in observed.pods if p.unschedulable_message and not p.terminating),
+    }
+
+
+def _scaling_condition(spec: Mapping[str, Any], scale: ScaleView | None, desired: int) -> dict[str, Any]:
+    if not spec["autoscaling"]["enabled"]:
+        return _cond(
+            "ScalingActive", FALSE, "AutoscalingDisabled", f"spec.autoscaling.enabled is false: {desired} replicas."
+        )
+    if scale is None:
+        return _cond("ScalingActive", UNKNOWN, "WaitingForMetrics", "The autoscaler has not read metrics yet.")
+    if scale.metrics is Status.OK:
+        return _cond("ScalingActive", TRUE, "TrackingLatency", scale.reason)
+    return _cond(
+        "ScalingActive",
+        FALSE,
+        _METRIC_REASONS[scale.metrics],
+        f"Replicas held at {desired}: {scale.metrics_detail}. "
+        "Check that Prometheus is up and scrapes the Triton pods' metrics port.",
+    )
+
+
+def _model_condition(build: Mapping[str, Any], serving_key: str | None) -> dict[str, Any]:
+    if build["phase"] == "Ready":
+        return _cond("ModelReady", TRUE, "Built", build["message"])
+    reason = "BuildFailed" if build["phase"] == "Failed" else "Building"
+    if serving_key is not None:
+        message = f"{build['message']} Pods keep serving build {serving_key} until then."
+        return _cond("ModelReady", FALSE, reason, message)
+    return _cond("ModelReady", FALSE, reason, build["message"])
+
+
+def _conditions(
+    spec: Mapping[str, Any],
+    observed: Observed,
+    problems: Sequence[Problem],
+    desired: int,
+    scale: ScaleView | None,
+    build: Mapping[str, Any],
+    serving_key: str | None,
+) -> list[dict[str, Any]]:
+    dep = observed.deployment
+    blocking = [p for p in problems if p.blocking]
+    model = _model_condition(build, serving_key)
+    if blocking and build["phase"] != "Ready":
+        model = _cond("ModelReady", FALSE, blocking[0].reason, blocking[0].message)
+    advisory = [p for p in problems if not p.blocking]
+    ready_replicas = dep.ready_replicas if dep else 0
+    gpus = _gpu_status(spec, observed, desired)
+    pending = [p for p in observed.pods if p.unschedulable_message and not p.terminating]
+
+    if blocking:
+        schedulable = _cond("Schedulable", FALSE, blocking[0].reason, blocking[0].message)
+    elif advisory:
+        schedulable = _cond("Schedulable", FALSE, advisory[0].reason, advisory[0].message)
+    elif pending:
+        schedulable = _cond(
+            "Schedulable",
+            FALSE,
+            "InsufficientGPUs" if spec["resources"]["gpu"]["count"] else "Unschedulable",
+            f"{len(pending)} of {desired} replicas cannot be scheduled: they request "
+            f"{spec['resources']['gpu']['count']} {api.GPU_RESOURCE} each, {gpus['requested']} in total, and "
+            f"matching nodes have {gpus['allocatable']} allocatable. Scheduler: {pending[0].unschedulable_message} "
+            "Lower spec.autoscaling.maxReplicas or add GPU nodes.",
+        )
+    else:
+        schedulable = _cond("Schedulable", TRUE, "Schedulable", "All replicas can be placed on matching nodes.")
+
+    if not blocking and model["reason"] == "Building":
+        progressing = _cond("Progressing", TRUE, "Building", model["message"])
+    elif blocking or dep is None:
+        progressing = _cond("Progressing", FALSE, "NotDeployed", "No Triton Deployment exists yet.")
+    elif not dep.rolled_out:
+        progressing = _cond(
+            "Progressing",
+            TRUE,
+            "RollingOut",
+            f"{dep.updated_replicas} of {dep.spec_replicas} replicas run the current version.",
+        )
+    else:
+        progressing = _cond("Progressing", FALSE, "RolloutComplete", "All replicas run the current version.")
+
+    if blocking:
+        degraded = _cond("Degraded", TRUE, blocking[0].reason, blocking[0].message)
+    elif model["reason"] == "BuildFailed":
+        degraded = _cond("Degraded", TRUE, "BuildFailed", model["message"])
+    elif schedulable["status"] == FALSE:
+        degraded = _cond("Degraded", TRUE, schedulable["reason"], schedulable["message"])
+    else:
+        degraded = _cond("Degraded", FALSE, "AsExpected", "No problems observed.")
+
+    if blocking:
+        ready = _cond("Ready", FALSE, blocking[0].reason, blocking[0].message)
+    elif dep is None and serving_key is None:
+        ready = _cond("Ready", FALSE, model["reason"], model["message"])
+    elif desired == 0:
+        ready = _cond("Ready", TRUE, "ScaledToZero", "Scaled to zero replicas; the first request scales up.")
+    elif ready_replicas >= 1:
+        ready = _cond("Ready", TRUE, "Serving", f"{ready_replicas} of {desired} replicas are ready to serve.")
+    elif schedulable["status"] == FALSE:
+        ready = _cond("Ready", FALSE, schedulable["reason"], schedulable["message"])
+    else:
+        ready = _cond("Ready", FALSE, "ReplicasStarting", f"0 of {desired} replicas are ready yet.")
+    scaling = _scaling_condition(spec, scale, desired)
+    by_type = {c["type"]: c for c in (ready, model, schedulable, progressing, degraded, scaling)}
+    return [by_type[t] for t in CONDITION_ORDER]
+
+
+def _stamp(
+    new: list[dict[str, Any]], old: Sequence[Mapping[str, Any]], generation: int, now: str
+) -> list[dict[str, Any]]:
+    previous = {c.get("type"): c for c in old}
+    out = []
+    for cond in new:
+        prev = previous.get(cond["type"])
+        same = prev is not None and prev.get("status") == cond["status"]
+        out.append(
+            {
+                **cond,
+                "observedGeneration": generation,
+                "lastTransitionTime": prev["lastTransitionTime"] if same and prev else now,
+            }
+        )
+    return out
+
+
+def _autoscaling(scale: ScaleView, observed: Observed) -> dict[str, Any]:
+    block: dict[str, Any] = {
+        "currentReplicas": observed.deployment.spec_replicas if observed.deployment else 0,
+        "desiredReplicas": scale.replicas,
+        "reason": scale.reason,
+    }
+    optional = {
+        "observedLatencyMs": scale.latency_ms,
+        "observedQueueMs": scale.queue_ms,
+        "lastScaleTime": scale.last_scale_time,
+    }
+    return block | {k: v for k, v in optional.items() if v is not None}
+
+
+def compute_status(
+    llmd: Mapping[str, Any],
+    observed: Observed,
+    problems: Sequence[Problem],
+    desired: int,
+    now: str,
+    scale: ScaleView | None,
+    build: Mapping[str, Any],
+    serving_key: str | None,
+) -> dict[str, Any]:
+    """The whole status to write; status.autoscaling comes from the autoscaler's last decision."""
+    spec = llmd["spec"]
+    current = llmd.get("status") or {}
+    generation = int(llmd["metadata"].get("generation", 0))
+    dep = observed.deployment
+    ready = dep.ready_replicas if dep else 0
+    status: dict[str, Any] = {
+        "observedGeneration": generation,
+        "replicas": dep.replicas if dep else 0,
+        "readyReplicas": ready,
+        "desiredReplicas": desired,
+        "replicaStatus": f"{ready}/{desired}",
+        "endpoints": endpoints(llmd),
+        "gpus": _gpu_status(spec, observed, desired),
+        "conditions": _stamp(
+            _conditions(spec, observed, problems, desired, scale, build, serving_key),
+            current.get("conditions") or [],
+            generation,
+            now,
+        ),
+        "build": {**build, **({"servingKey": serving_key} if serving_key else {})},
+    }
+    if scale is not None:
+        status["autoscaling"] = _autoscaling(scale, observed)
+    elif "autoscaling" in current:
+        status["autoscaling"] = current["autoscaling"]
+    return status
+
+
+def status_changed(current: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    return any(current.get(k) != v for k, v in new.items())
+
+
+_NEWS = ("Ready", "ModelReady", "Schedulable", "Degraded", "ScalingActive")
+_BAD = {("Ready", FALSE), ("Schedulable", FALSE), ("Degraded", TRUE), ("ScalingActive", FALSE), ("ModelReady", FALSE)}
+_PROGRESS = {"Building"}  # not ready yet, and on its way: news, not a warning
+_CHOICES = {"AutoscalingDisabled"}  # what the user asked for, not news
+# A condition's first value that is no news: all is well from the start (a build found in the cache, say).
+_QUIET_START = {
+    ("Ready", TRUE),
+    ("ModelReady", TRUE),
+    ("Schedulable", TRUE),
+    ("Degraded", FALSE),
+    ("ScalingActive", TRUE),
+    ("ScalingActive", UNKNOWN),
+}
+
+
+def transition_events(old: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any]]) -> list[Event]:
+    """One Event per new (status, reason), so repeated passes post nothing and one cause posts once."""
+    previous = {c.get("type"): (c.get("status"), c.get("reason")) for c in old}
+    events: list[Event] = []
+    for cond in new:
+        key = (cond["status"], cond["reason"])
+        if cond["type"] in _NEWS and previous.get(cond["type"]) != key:
+            if previous.get(cond["type"]) is None and (cond["type"], cond["status"]) in _QUIET_START:
+                continue
+            if cond["reason"] in _CHOICES:
+                continue
+            bad = (cond["type"], cond["status"]) in _BAD and cond["reason"] not in _PROGRESS
+            kind = "Warning" if bad else "Normal"
+            if any(e.reason == cond["reason"] for e in events):
+                continue
+            events.append(Event(kind, cond["reason"], f"{cond['type']}={cond['status']}: {cond['message']}"))
+    return events

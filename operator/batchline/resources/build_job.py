@@ -1,0 +1,136 @@
+"""Desired state of a model build: the Kubernetes Job that runs `batchline build` into the cache.
+
+One Job per (namespace, build key, attempt), shared by every LLMDeployment that wants that key:
+each of them is an owner, so the Job goes when the last one does. The builder writes the build
+to <cache>/<content key> and the alias <cache>/<build key> that Triton pods mount.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from batchline import api
+from batchline.config import OperatorConfig
+from batchline.resources.common import (
+    BUILDER_UID,
+    MODEL_MOUNT,
+    RESTRICTED_CONTAINER,
+    Manifest,
+    model_cache_volume,
+    owner_reference,
+    restricted_pod_security,
+)
+
+SOURCE_MOUNT = "/source"
+# Owners of a shared Job: enough that deleting one LLMDeployment rarely stops a build others want,
+# few enough that a key shared by hundreds of objects does not grow the Job on every new one.
+MAX_OWNERS = 8
+# percent in the CRD, a fraction for the builder
+_GATE_FLAGS = (
+    ("maxPerplexityIncreasePercent", "--max-perplexity-increase", 0.01),
+    ("minTop1Agreement", "--min-top1-agreement", 1.0),
+    ("minCosineSimilarity", "--min-cosine-similarity", 1.0),
+)
+
+
+def job_name(key: str, attempt: int) -> str:
+    return f"batchline-build-{key}-{attempt}"
+
+
+def _source(source: str) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
+    """The builder's source argument, and the volume and mount that a pvc:// source needs."""
+    if not source.startswith("pvc://"):
+        return source, [], []
+    claim, _, path = source.removeprefix("pvc://").partition("/")
+    volume = {"name": "source", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+    mount = {"name": "source", "mountPath": SOURCE_MOUNT, "readOnly": True}
+    return f"{SOURCE_MOUNT}/{path}".rstrip("/"), [volume], [mount]
+
+
+def builder_args(spec: Mapping[str, Any], key: str, source: str) -> list[str]:
+    quant, serving = spec["quantization"], spec["serving"]
+    batching = serving["dynamicBatching"]
+    args = [
+        "build", source, MODEL_MOUNT, f"--alias={key}", "--termination-log=/dev/termination-log",
+        f"--mode={quant['mode']}", f"--backend={serving['backend']}", f"--model-name={serving['modelName']}",
+        f"--group-size={quant['groupSize']}", f"--sparsity={quant['sparsity']:g}",
+        f"--max-batch-size={serving['maxBatchSize']}",
+        f"--max-queue-delay-us={batching['maxQueueDelayMicroseconds']}",
+        f"--max-queue-size={batching['maxQueueSize']}",
+        f"--queue-timeout-us={batching['queueTimeoutMicroseconds']}",
+        f"--instance-kind={'KIND_GPU' if spec['resources']['gpu']['count'] > 0 else 'KIND_CPU'}",
+        f"--instance-count={serving['instancesPerReplica']}",
+    ]  # fmt: skip
+    args += [f"--preferred-batch-size={size}" for size in batching.get("preferredBatchSizes") or []]
+    if not batching["enabled"]:
+        args.append("--no-dynamic-batching")
+    if quant["dequantizeAtLoad"]:
+        args.append("--dequantize-at-load")
+    if serving["responseCache"]:
+        args.append("--response-cache")
+    gate = quant.get("qualityGate") or {}
+    args += [f"{flag}={gate[field] * scale:g}" for field, flag, scale in _GATE_FLAGS if field in gate]
+    return args
+
+
+def build_job(
+    owners: Sequence[Mapping[str, Any]], spec: Mapping[str, Any], key: str, attempt: int, config: OperatorConfig
+) -> Manifest:
+    """The Job for build `key`; `owners` are all LLMDeployments in the namespace that want it."""
+    namespace = owners[0]["metadata"]["namespace"]
+    source, volumes, mounts = _source(spec["model"]["source"])
+    gpu = spec["quantization"]["mode"] == "fp8" and spec["serving"]["backend"] == "python"
+    resources: dict[str, Any] = {
+        "requests": {"cpu": config.build_cpu, "memory": config.build_memory},
+        "limits": {"memory": config.build_memory},
+    }
+    if gpu:  # fp8 is measured on the GPU it will run on; every other mode builds on CPU
+        resources["requests"][api.GPU_RESOURCE] = resources["limits"][api.GPU_RESOURCE] = "1"
+    labels = {api.LABEL_BUILD_KEY: key, api.LABEL_MANAGED_BY: api.MANAGED_BY, "app.kubernetes.io/component": "builder"}
+    container = {
+        "name": "builder",
+        "image": config.builder_image,
+        "command": ["batchline"],
+        "args": builder_args(spec, key, source),
+        "env": [
+            {"name": "HF_HOME", "value": f"{MODEL_MOUNT}/.huggingface"},
+            {
+                "name": "HF_TOKEN",
+                "valueFrom": {"secretKeyRef": {"name": config.hf_token_secret, "key": "HF_TOKEN", "optional": True}},
+            },
+        ],
+        "resources": resources,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [{"name": "model-cache", "mountPath": MODEL_MOUNT}, *mounts],
+        "securityContext": RESTRICTED_CONTAINER,
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": restricted_pod_security(BUILDER_UID),
+        "containers": [container],
+        "volumes": [model_cache_volume(config, namespace, read_only=False), *volumes],
+    }
+    if gpu:
+        pod_spec["tolerations"] = [{"key": api.GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job_name(key, attempt),
+            "namespace": namespace,
+            "labels": labels,
+            "annotations": {api.ANNOTATION_BUILD_ATTEMPT: str(attempt)},
+            "ownerReferences": [
+                owner_reference(o, controller=False)
+                for o in sorted(owners, key=lambda o: o["metadata"]["name"])[:MAX_OWNERS]
+            ],
+        },
+        "spec": {
+            "backoffLimit": config.build_backoff_limit,
+            "activeDeadlineSeconds": config.build_deadline_seconds,
+            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+        },
+    }
