@@ -34,6 +34,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,8 @@ from batchline import api
 from batchline.build.catalogue import CacheEntry
 from batchline.build.spec_key import repository_key
 from batchline.config import OperatorConfig
-from batchline.controller.writer import Applier, with_hash
+from batchline.controller.kube_client import KubeClient
+from batchline.controller.writer import with_hash
 from batchline.resources import model_cache, serving
 from devcluster.audit import write_events
 from devcluster.controlplane import LocalCluster
@@ -94,7 +96,8 @@ def _defaulted_llmd(name: str, namespace: str) -> dict[str, Any]:
 def direct(kube: client.ApiClient, n: int, namespace: str, cfg: OperatorConfig) -> float:
     """The same children the operator makes (serving the same build), created by a plain client."""
     key = _serving_key()
-    objs = [serving.children(_defaulted_llmd(f"d{i}", namespace), 0, cfg, False, key) for i in range(n)]
+    plain = replace(cfg, pod_monitors=False)
+    objs = [serving.children(_defaulted_llmd(f"d{i}", namespace), 0, plain, key) for i in range(n)]
     for kids in objs:  # the owner does not exist here; garbage collection must not reap the children mid-run
         for kid in kids:
             kid["metadata"].pop("ownerReferences")
@@ -102,7 +105,7 @@ def direct(kube: client.ApiClient, n: int, namespace: str, cfg: OperatorConfig) 
             # apply client-side), but without the label it indexes none of them and runs no handler for them.
             del kid["metadata"]["labels"][api.LABEL_LLMD]
 
-    applier = Applier(kube)  # the operator's own writer: no decoding of replies
+    applier = KubeClient(kube)  # the operator's own API calls: no decoding of replies
 
     def create(kids: list[dict[str, Any]]) -> None:
         for kid in kids:
@@ -181,7 +184,7 @@ class Convergence:
 
 
 def via_operator(kube: client.ApiClient, n: int, namespace: str) -> float:
-    applier = Applier(kube)
+    applier = KubeClient(kube)
     converged = Convergence(kube, namespace, n)
 
     def create(i: int) -> None:
@@ -200,7 +203,7 @@ def floor(kube: client.ApiClient, n: int, namespace: str, cfg: OperatorConfig, s
     else running: create each one (as the user does), server-side apply its children (owned by it, hash
     stamped), and write its status once (the status the operator wrote on one of its own). No watch, no
     waiting for the controller-manager: the API server's limit for the operator's job."""
-    custom, applier = client.CustomObjectsApi(kube), Applier(kube)
+    custom, applier = client.CustomObjectsApi(kube), KubeClient(kube)
     key = _serving_key()
 
     def one(i: int) -> None:
@@ -208,11 +211,9 @@ def floor(kube: client.ApiClient, n: int, namespace: str, cfg: OperatorConfig, s
         created = json.loads(custom.create_namespaced_custom_object(
             api.GROUP, api.VERSION, namespace, api.PLURAL, body, _preload_content=False
         ).data)
-        for kid in serving.children(created, 0, cfg, False, key):
+        for kid in serving.children(created, 0, replace(cfg, pod_monitors=False), key):
             applier.apply(with_hash(kid))
-        applier.patch_namespaced_custom_object_status(
-            api.GROUP, api.VERSION, namespace, api.PLURAL, f"f{i}", {"status": status}
-        )
+        applier.merge_patch(api.API_VERSION, api.KIND, namespace, f"f{i}", {"status": status}, status=True)
 
     start = time.monotonic()
     with ThreadPoolExecutor(WORKERS) as pool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 
@@ -9,8 +10,26 @@ DEFAULT_IMAGES = {
     "python": "nvcr.io/nvidia/tritonserver:24.10-py3",
     "vllm": "nvcr.io/nvidia/tritonserver:24.10-vllm-python-py3",
     "builder": "ghcr.io/batchline/batchline-builder:0.1.0",
+    # The Triton pods' init step and the cache clean-up Job (docker/checker.Dockerfile): its own image and
+    # tag, so that a new builder image does not change, and so roll, every Triton Deployment.
+    "checker": "ghcr.io/batchline/batchline-checker:0.1.0",
 }
 _BINARY_SUFFIXES = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+
+
+def parse_names(text: str) -> tuple[str, ...]:
+    """A comma-separated list of names ("a, b,,c") as a tuple, in order, without blanks or repeats."""
+    return tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+
+
+def parse_labels(text: str) -> tuple[tuple[str, str], ...]:
+    """A JSON object of label names to values ('{"release": "kube-prometheus-stack"}') as sorted pairs."""
+    if not text.strip():
+        return ()
+    labels = json.loads(text)
+    if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+        raise ValueError(f"expected a JSON object of label name to string value, got {text!r}")
+    return tuple(sorted(labels.items()))
 
 
 def parse_bytes(quantity: str) -> int:
@@ -27,6 +46,11 @@ class OperatorConfig:
     python_image: str = DEFAULT_IMAGES["python"]
     vllm_image: str = DEFAULT_IMAGES["vllm"]
     builder_image: str = DEFAULT_IMAGES["builder"]
+    checker_image: str = DEFAULT_IMAGES["checker"]
+    # Secrets (names) for pulling the Triton, builder and checker images, on every workload pod.
+    image_pull_secrets: tuple[str, ...] = ()
+    # Labels for the PodMonitors the operator creates, e.g. (("release", "kube-prometheus-stack"),).
+    monitor_labels: tuple[tuple[str, str], ...] = ()
     model_cache_pvc: str = "batchline-model-cache"
     # Local embedded mode only: mount this node folder instead of the PVC (KWOK nodes have no storage).
     model_cache_host_path: str = ""
@@ -46,6 +70,8 @@ class OperatorConfig:
     prometheus_object_label: str = "batchline_dev_llmdeployment"
     prometheus_namespace_label: str = "namespace"
     prometheus_selector: str = ""
+    # Whether the cluster serves PodMonitors (Prometheus Operator); the operator checks at startup.
+    pod_monitors: bool = True
 
     def image_for(self, backend: str) -> str:
         return self.vllm_image if backend == "vllm" else self.python_image
@@ -58,6 +84,9 @@ class OperatorConfig:
             python_image=e.get("BATCHLINE_PYTHON_IMAGE", d.python_image),
             vllm_image=e.get("BATCHLINE_VLLM_IMAGE", d.vllm_image),
             builder_image=e.get("BATCHLINE_BUILDER_IMAGE", d.builder_image),
+            checker_image=e.get("BATCHLINE_CHECKER_IMAGE", d.checker_image),
+            image_pull_secrets=parse_names(e.get("BATCHLINE_IMAGE_PULL_SECRETS", "")) or d.image_pull_secrets,
+            monitor_labels=parse_labels(e.get("BATCHLINE_MONITOR_LABELS", "")) or d.monitor_labels,
             model_cache_pvc=e.get("BATCHLINE_MODEL_CACHE_PVC", d.model_cache_pvc),
             model_cache_host_path=e.get("BATCHLINE_MODEL_CACHE_HOST_PATH", d.model_cache_host_path),
             model_cache_budget_bytes=parse_bytes(

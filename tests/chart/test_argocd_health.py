@@ -60,7 +60,9 @@ def test_status_from_the_operator_maps_to_healthy() -> None:
                          observed_generation=1, generation=1, applied_hash=None)
     built = {"key": "k1", "phase": "Ready", "message": "Build k1 is in the model cache."}
     observed = Observed(deployment=dep, pods=(), nodes=())
-    llmd["status"] = compute_status(llmd, observed, [], 1, "2026-11-20T09:14:02Z", None, built, "k1")
+    llmd["status"] = compute_status(
+        llmd, observed, problems=[], desired=1, now="2026-11-20T09:14:02Z", scale=None, build=built, serving_key="k1"
+    )
     assert health(llmd)["status"] == "Healthy"
     llmd["metadata"]["generation"] = 4
     assert health(llmd)["status"] == "Progressing"
@@ -76,7 +78,10 @@ def test_a_build_from_the_operator_maps_to_argo_health(phase: str, expected: str
     llmd = {"metadata": {"name": "chat", "namespace": "llm", "generation": 1, "uid": "u"},
             "spec": defaulted({"model": {"source": "hf://org/model"}})}
     build = {"key": "k1", "phase": phase, "message": "Build k1: checkpoint has no weights."}
-    llmd["status"] = compute_status(llmd, Observed(None, (), ()), [], 1, "2026-11-20T09:14:02Z", None, build, None)
+    llmd["status"] = compute_status(
+        llmd, Observed(None, (), ()), problems=[], desired=1, now="2026-11-20T09:14:02Z", scale=None, build=build,
+        serving_key=None,
+    )
     result = health(llmd)
     assert result["status"] == expected and "checkpoint has no weights" in result["message"]
 
@@ -85,3 +90,16 @@ def test_shipped_copies_are_identical() -> None:
     """The argocd-cm example embeds the script; it must be the chart's, byte for byte."""
     cm = yaml.safe_load((REPO / "examples" / "argocd" / "argocd-cm.yaml").read_text())
     assert cm["data"]["resource.customizations.health.batchline.dev_LLMDeployment"] == SCRIPT
+
+
+def test_every_condition_and_reason_the_check_reads_is_one_the_operator_sets() -> None:
+    """A renamed reason must not leave Argo CD reading one the operator no longer writes."""
+    import re
+
+    from batchline.conditions import Reason, Type
+
+    reasons = set(re.findall(r'\.reason\s*==\s*"(\w+)"', SCRIPT))
+    types = set(re.findall(r'find\(status\.conditions,\s*"(\w+)"\)', SCRIPT))
+    assert reasons and types  # the patterns still match the script
+    assert reasons <= {r.value for r in Reason}
+    assert types <= {t.value for t in Type}

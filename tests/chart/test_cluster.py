@@ -354,7 +354,7 @@ def test_chart_grants_only_what_the_operator_uses(cycle: Cycle) -> None:
 def test_applied_kinds_are_the_operators_children() -> None:
     llmd = {"metadata": {"name": "chat", "namespace": "ns", "uid": "u"},
             "spec": defaulted({"model": {"source": SOURCE}})}
-    manifests = [*children(llmd, 1, OperatorConfig(), True, "key"), build_job([llmd], llmd["spec"], "key", 1,
+    manifests = [*children(llmd, 1, OperatorConfig(), "key"), build_job([llmd], llmd["spec"], "key", 1,
                                                                               OperatorConfig())]
     kinds = {(m["apiVersion"].rpartition("/")[0], m["kind"]) for m in manifests}
     assert kinds == {("", "Service"), ("policy", "PodDisruptionBudget"), ("apps", "Deployment"),

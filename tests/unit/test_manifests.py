@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from batchline import api
 from batchline.build.spec_key import repository_key
 from batchline.config import OperatorConfig
@@ -60,7 +62,7 @@ def test_restricted_pod_security_and_shm() -> None:
 
 def test_every_child_is_owned_and_labelled() -> None:
     obj = llmd(name="chat")
-    kids = serving.children(obj, 1, CFG, with_pod_monitor=True, serving_key=KEY)
+    kids = serving.children(obj, 1, CFG, serving_key=KEY)
     assert [k["kind"] for k in kids] == ["Service", "PodDisruptionBudget", "Deployment", "PodMonitor"]
     for kid in kids:
         ref = kid["metadata"]["ownerReferences"][0]
@@ -73,7 +75,7 @@ def test_every_child_is_owned_and_labelled() -> None:
             "blockOwnerDeletion": True,
         }
         assert kid["metadata"]["labels"][api.LABEL_LLMD] == "chat"
-    assert [k["kind"] for k in serving.children(obj, 1, CFG, with_pod_monitor=False, serving_key=KEY)] == [
+    assert [k["kind"] for k in serving.children(obj, 1, replace(CFG, pod_monitors=False), serving_key=KEY)] == [
         "Service",
         "PodDisruptionBudget",
         "Deployment",
@@ -113,7 +115,7 @@ def test_model_cache_is_the_pvc_unless_local_mode_names_a_host_folder() -> None:
 
 
 def test_no_deployment_until_a_build_is_there_to_serve() -> None:
-    kinds = [k["kind"] for k in serving.children(llmd(), 1, CFG, with_pod_monitor=False, serving_key=None)]
+    kinds = [k["kind"] for k in serving.children(llmd(), 1, replace(CFG, pod_monitors=False), serving_key=None)]
     assert kinds == ["Service", "PodDisruptionBudget"]
 
 

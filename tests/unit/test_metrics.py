@@ -8,6 +8,7 @@ import uuid
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from batchline.autoscaler.actuator import DecisionCode, DecisionRecord
 from batchline.report import metrics
 
 
@@ -70,9 +71,9 @@ def test_builds_count_results_time_and_running(obj: tuple[str, str]) -> None:
 def test_scale_decisions_by_direction(obj: tuple[str, str], current: int, desired: int, direction: str) -> None:
     ns, name = obj
     labels = {"namespace": ns, "llmdeployment": name}
-    metrics.record_scale_decision(ns, name, current, desired, "LatencyAboveTarget", 2.4, 2.0)
+    metrics.record_scale_decision(DecisionRecord(ns, name, current, desired, DecisionCode.LATENCY_TARGET, 2.4, 2.0))
     assert value("batchline_scale_decisions_total", {**labels, "direction": direction,
-                                                     "reason": "LatencyAboveTarget"}) == 1
+                                                     "reason": "LatencyTarget"}) == 1
     assert value("batchline_desired_replicas", labels) == desired
     assert value("batchline_autoscaler_observed_latency_seconds", labels) == 2.4
     assert value("batchline_autoscaler_target_latency_seconds", labels) == 2.0

@@ -9,19 +9,20 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from kubernetes import client
-
+from batchline.autoscaler import Status
+from batchline.autoscaler.actuator import ScaleView
 from batchline.build.catalogue import CacheEntry
 from batchline.build.spec_key import repository_key
 from batchline.config import OperatorConfig
-from batchline.controller.reconcile import Writers, desired_replicas, reconcile
-from batchline.controller.writer import applied_hash
+from batchline.controller.reconcile import Reconciler, desired_replicas, reconcile
+from batchline.controller.writer import Writer, applied_hash
 from batchline.observed import BuildPodView, DeploymentView, JobView, NodeView, PodView
-from batchline.report.status import Event
+from batchline.resources.event import Event
+from batchline.resources.model_cache import catalogue
 from tests.crd_schema import llmd
 
 NODES = [NodeView("gpu-0", {"nvidia.com/gpu.product": "H100"}, 8)]
-CFG = OperatorConfig()
+CFG = OperatorConfig(pod_monitors=False)
 SUMMARY = '{"key":"c1","sizeBytes":136000000,"fp32Bytes":538000000,"compressionRatio":3.96,"buildSeconds":80,'
 SUMMARY += '"mode":"int8-weight-only","quality":{"perplexityIncrease":0.0067,"top1Agreement":0.974,"passed":true}}'
 
@@ -46,7 +47,7 @@ class AllBuilt(dict):
 
 
 class FakeCluster:
-    """Acts as the cluster view, the applier, the status writer and the catalogue writer at once."""
+    """The cluster view and the API calls the Writer makes (controller.writer.KubeCalls), in memory."""
 
     def __init__(self, built: bool = True) -> None:
         self.catalogue: dict[str, CacheEntry] = AllBuilt() if built else {}
@@ -59,14 +60,19 @@ class FakeCluster:
         self.events: list[Event] = []
         self.revision = 0
         self.catalogue_exists = True
-        self._writers: Writers | None = None
+        self.objects: list[dict[str, Any]] = []
+        self.replicas_seen: list[int] = []
 
+    # ClusterView
     def nodes(self) -> Sequence[NodeView]:
         return NODES
 
     def deployment(self, namespace: str, name: str) -> DeploymentView | None:
         h = self.hashes.get((namespace, name, "Deployment"))
-        return DeploymentView(1, 1, 1, 1, 1, 1, h, self.served_key) if h else None
+        if not h:
+            return None
+        n = self.applied_deployment["spec"]["replicas"]
+        return DeploymentView(1, 1, n, n, n, n, h, self.served_key)
 
     def cache(self, namespace: str) -> Mapping[str, CacheEntry]:
         return self.catalogue
@@ -80,27 +86,8 @@ class FakeCluster:
     def wanting(self, namespace: str, key: str) -> Sequence[Mapping[str, Any]]:
         return [o for o in self.objects if repository_key(o["spec"]) == key]
 
-    def finish_job(self, name: str, outcome: str, message: str, at: str = "2026-11-22T10:00:00Z") -> None:
-        manifest, view = self.jobs[name]
-        self.jobs[name] = (manifest, JobView(name, view.key, view.attempt, 0, outcome, at, "", at, view.applied_hash))
-        phase = "Succeeded" if outcome == "Complete" else "Failed"
-        self.builder_pods.append(BuildPodView(f"{name}-pod", name, phase, message, at))
-
     def has_catalogue(self, namespace: str) -> bool:
         return self.catalogue_exists
-
-    def create_namespaced_config_map(self, namespace: str, body: dict[str, Any]) -> None:
-        self.writes.append("create catalogue")  # the index shows it only once its watch event comes
-
-    def patch_namespaced_config_map(self, name: str, namespace: str, patch: dict[str, Any]) -> None:
-        for key, text in patch["data"].items():
-            self.catalogue[key] = CacheEntry.from_data(key, text)
-        self.writes.append("catalogue")
-
-    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
-        self.deleted.append(name)
-        self.writes.append(f"delete {kind}")
-        return self.jobs.pop(name, None) is not None
 
     def pods(self, namespace: str, name: str) -> Sequence[PodView]:
         return []
@@ -108,13 +95,18 @@ class FakeCluster:
     def child_hash(self, namespace: str, name: str, kind: str) -> str | None:
         return self.hashes.get((namespace, name, kind))
 
-    objects: list[dict[str, Any]] = []
+    def finish_job(self, name: str, outcome: str, message: str, at: str = "2026-11-22T10:00:00Z") -> None:
+        manifest, view = self.jobs[name]
+        self.jobs[name] = (manifest, JobView(name, view.key, view.attempt, 0, outcome, at, "", at, view.applied_hash))
+        phase = "Succeeded" if outcome == "Complete" else "Failed"
+        self.builder_pods.append(BuildPodView(f"{name}-pod", name, phase, message, at))
 
     @property
     def served_key(self) -> str | None:
         return self.applied_deployment["spec"]["template"]["metadata"]["annotations"]["batchline.dev/build-key"]
 
-    def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+    # KubeCalls
+    def apply(self, manifest: dict[str, Any]) -> None:
         meta = manifest["metadata"]
         self.writes.append(manifest["kind"])
         if manifest["kind"] == "Job":
@@ -122,25 +114,55 @@ class FakeCluster:
             key = labels["batchline.dev/build-key"]
             view = JobView(meta["name"], key, attempt, 1, None, None, "", None, applied_hash(manifest))
             self.jobs[meta["name"]] = (manifest, view)
-            return manifest
+            return
         self.hashes[(meta["namespace"], meta["name"], manifest["kind"])] = applied_hash(manifest)
         if manifest["kind"] == "Deployment":
             self.applied_deployment = manifest
-        return manifest
+            self.replicas_seen.append(manifest["spec"]["replicas"])
 
-    def patch_namespaced_custom_object_status(self, *args: Any) -> dict[str, Any]:
-        self.status = _merged(self.status, args[-1]["status"])  # a JSON merge patch, as the API server does it
-        self.writes.append("status")
-        self.revision += 1
-        return {"metadata": {"resourceVersion": str(self.revision)}, "status": self.status}
+    def create(self, manifest: dict[str, Any]) -> bool:
+        if manifest["kind"] == "Event":
+            self.events.append(Event(manifest["type"], manifest["reason"], manifest["message"]))
+        else:
+            self.writes.append(f"create {manifest['kind']}")  # the view shows it only once its watch event comes
+        return True
 
-    def writers(self) -> Writers:
-        def post(_: Mapping[str, Any], event: Event) -> None:
-            self.events.append(event)
+    def merge_patch(
+        self, api_version: str, kind: str, namespace: str, name: str, body: Mapping[str, Any], status: bool = False
+    ) -> dict[str, Any] | None:
+        if status:
+            self.status = _merged(self.status, body["status"])  # a JSON merge patch, as the API server does it
+            self.writes.append("status")
+            self.revision += 1
+            return {"metadata": {"resourceVersion": str(self.revision)}, "status": self.status}
+        for key, text in body["data"].items():
+            self.catalogue[key] = CacheEntry.from_data(key, text)
+        self.writes.append("catalogue")
+        return {}
 
-        if self._writers is None:
-            self._writers = Writers(self, self, post, core=self)  # type: ignore[arg-type]
-        return self._writers
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
+        self.deleted.append(name)
+        self.writes.append(f"delete {kind}")
+        return self.jobs.pop(name, None) is not None
+
+
+class FixedScale:
+    """An autoscaler that has decided on `replicas` (None: no decision yet)."""
+
+    def __init__(self, replicas: int | None = None) -> None:
+        self.replicas = replicas
+
+    def tick(self, llmd: Mapping[str, Any], current: int, ready: int, unschedulable: int) -> ScaleView | None:
+        if self.replicas is None:
+            return None
+        return ScaleView(self.replicas, f"recommend {self.replicas}", Status.OK, "ok", latency_ms=900)
+
+
+def _reconciler(cluster: FakeCluster, config: OperatorConfig = CFG, scale: FixedScale | None = None) -> Reconciler:
+    if getattr(cluster, "_reconciler", None) is None or cluster._reconciler.config != config:  # type: ignore[attr-defined]
+        cluster._reconciler = Reconciler(Writer(cluster), scale or FixedScale(), config)  # type: ignore[attr-defined]
+    found: Reconciler = cluster._reconciler  # type: ignore[attr-defined]
+    return found
 
 
 def _pass(cluster: FakeCluster, obj: dict[str, Any], stale: bool = False, config: OperatorConfig = CFG) -> int:
@@ -149,7 +171,7 @@ def _pass(cluster: FakeCluster, obj: dict[str, Any], stale: bool = False, config
         obj["status"] = cluster.status
         obj["metadata"]["resourceVersion"] = str(cluster.revision)
     cluster.objects = [obj]
-    return reconcile(obj, cluster, cluster.writers(), config, with_pod_monitor=False)
+    return reconcile(obj, cluster, _reconciler(cluster, config)).writes
 
 
 def test_second_pass_with_nothing_changed_writes_nothing() -> None:
@@ -166,7 +188,7 @@ def test_a_namespace_without_a_catalogue_gets_one_once() -> None:
     cluster, obj = FakeCluster(), llmd(model={"source": "s3://bucket/model"})
     cluster.catalogue_exists = False
     _pass(cluster, obj)
-    assert cluster.writes == ["create catalogue", "status"]
+    assert cluster.writes == ["create ConfigMap", "status"]
     assert _pass(cluster, obj) == 0  # its watch event has not come yet: not created twice
     cluster.catalogue_exists = True
     assert _pass(cluster, obj) == 0
@@ -285,7 +307,7 @@ def test_a_new_quantization_keeps_the_old_build_serving_until_its_build_is_ready
 
 def test_a_failed_build_is_degraded_and_retried_only_after_a_backoff() -> None:
     cluster, obj = FakeCluster(built=False), llmd()
-    config = OperatorConfig(build_retry_seconds=3600)
+    config = OperatorConfig(build_retry_seconds=3600, pod_monitors=False)
     _pass(cluster, obj, config=config)
     first = next(iter(cluster.jobs))
     cluster.finish_job(first, "Failed", "checkpoint /models/x has no weights", at="2999-01-01T00:00:00Z")
@@ -313,16 +335,16 @@ def test_two_deployments_with_the_same_inputs_share_one_build_job() -> None:
     for obj in (a, b):
         obj["metadata"]["uid"] = f"uid-{obj['metadata']['name']}"
     cluster.objects = [a, b]
-    writers = cluster.writers()
-    reconcile(a, cluster, writers, CFG, with_pod_monitor=False)
-    reconcile(b, cluster, writers, CFG, with_pod_monitor=False)
+    ctx = _reconciler(cluster)
+    reconcile(a, cluster, ctx)
+    reconcile(b, cluster, ctx)
     assert len(cluster.jobs) == 1
     owners = next(iter(cluster.jobs.values()))[0]["metadata"]["ownerReferences"]
     assert [o["name"] for o in owners] == ["a", "b"]
 
 
 def test_status_fields_that_go_away_are_removed_not_left_behind() -> None:
-    from batchline.controller.reconcile import merge_patch
+    from batchline.controller.writer import merge_patch
 
     current = {"build": {"phase": "Failed", "retryAt": "t", "report": {"a": 1}}, "autoscaling": {"x": 1}}
     new = {"build": {"phase": "Ready", "report": {"b": 2}}}
@@ -332,24 +354,48 @@ def test_status_fields_that_go_away_are_removed_not_left_behind() -> None:
     }
 
 
-class CatalogueGone:
-    """A core API whose catalogue was deleted: the first patch finds nothing."""
+class CatalogueGone(FakeCluster):
+    """API calls whose catalogue was deleted: the first patch finds nothing."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.calls: list[str] = []
 
-    def patch_namespaced_config_map(self, name: str, namespace: str, patch: dict[str, Any]) -> None:
+    def merge_patch(
+        self, api_version: str, kind: str, namespace: str, name: str, body: Mapping[str, Any], status: bool = False
+    ) -> dict[str, Any] | None:
         self.calls.append(f"patch {name}")
-        if len(self.calls) == 1:
-            raise client.ApiException(status=404)
+        return None if len(self.calls) == 1 else {}
 
-    def create_namespaced_config_map(self, namespace: str, body: dict[str, Any]) -> None:
-        self.calls.append(f"create {body['metadata']['name']}")
+    def create(self, manifest: dict[str, Any]) -> bool:
+        self.calls.append(f"create {manifest['metadata']['name']} with {sorted(manifest['data'])}")
+        return True
 
 
 def test_a_build_finished_after_its_catalogue_was_deleted_is_still_recorded() -> None:
-    core = CatalogueGone()
-    writers = Writers(None, None, lambda *_: None, core=core)  # type: ignore[arg-type]
-    writers.record_build("team-a", CacheEntry("k1", "2026-11-22T10:00:00Z", {"sizeBytes": 1}), CFG)
-    name = CFG.model_cache_pvc
-    assert core.calls == [f"patch {name}", f"create {name}", f"patch {name}"]
+    calls = CatalogueGone()
+    entry = CacheEntry("k1", "2026-11-22T10:00:00Z", {"sizeBytes": 1})
+    assert Writer(calls).patch_data(catalogue("team-a", CFG), {"k1": entry.to_data()})
+    assert calls.calls == [f"patch {CFG.model_cache_pvc}", f"create {CFG.model_cache_pvc} with ['k1']"]
+
+
+def test_a_scale_event_follows_the_write_that_scales_and_never_a_skipped_one() -> None:
+    cluster, obj = FakeCluster(), llmd(autoscaling={"minReplicas": 1, "maxReplicas": 4})
+    scale = FixedScale()
+    ctx = Reconciler(Writer(cluster), scale, CFG)
+    obj["metadata"]["resourceVersion"] = "0"
+    for _ in range(2):
+        reconcile(obj, cluster, ctx)
+    assert cluster.replicas_seen == [1] and cluster.events == []
+    scale.replicas = 3
+    result = reconcile(obj, cluster, ctx)
+    assert result.scaled == (1, 3) and cluster.replicas_seen == [1, 3]
+    assert [(e.reason, e.message.split(":")[0]) for e in cluster.events] == [("ScaledUp", "1 -> 3 replicas")]
+    cluster.hashes.clear()  # the Deployment's watch event has not come yet: the same apply is not made again
+    assert reconcile(obj, cluster, ctx).scaled is None and len(cluster.events) == 1
+    blocked = llmd(autoscaling={"minReplicas": 1, "maxReplicas": 4}, model={"source": "s3://bucket/model"})
+    blocked["metadata"]["uid"] = "other"
+    scale.replicas = 4
+    reconcile(blocked, cluster, ctx)
+    assert not [e for e in cluster.events if e.reason in ("ScaledUp", "ScaledDown") and e is not cluster.events[0]]
+    assert cluster.replicas_seen == [1, 3]  # a decision that is not applied posts nothing

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from batchline.autoscaler import QueryConfig, Status
-from batchline.autoscaler.actuator import Scaler
+from batchline.autoscaler.actuator import DecisionCode, DecisionRecord, Scaler
 from tests.crd_schema import llmd
 
 OBJ = llmd(name="chat", autoscaling={"minReplicas": 1, "maxReplicas": 8, "targetLatencyMs": 1000})
@@ -84,3 +84,19 @@ def test_an_unchanged_outage_does_not_rewrite_what_status_shows() -> None:
     prom.up = False
     second = scaler.tick(OBJ, current=2, ready=2, unschedulable=0, now=1015.0)
     assert (second.reason, second.metrics_detail) == (first.reason, first.metrics_detail)
+
+
+def test_each_decision_on_a_new_sample_is_recorded_once_with_a_code_fit_for_a_label() -> None:
+    records: list[DecisionRecord] = []
+    prom = FakePrometheus(pending=40)
+    scaler = Scaler(prom, QueryConfig(object_label="llmdeployment"), on_decision=records.append)
+    scaler.refresh(now=1000.0)
+    view = scaler.tick(OBJ, current=1, ready=1, unschedulable=0, now=1000.0)
+    scaler.tick(OBJ, current=view.replicas, ready=1, unschedulable=0, now=1001.0)  # same sample: no new decision
+    assert [(r.current, r.desired, r.code, r.observed_latency_s, r.target_latency_s) for r in records] == [
+        (1, view.replicas, DecisionCode.LATENCY_TARGET, 3.0, 1.0)
+    ]
+    prom.up = False
+    scaler.refresh(now=1015.0)
+    scaler.tick(OBJ, current=view.replicas, ready=view.replicas, unschedulable=0, now=1015.0)
+    assert records[-1].code is DecisionCode.NO_METRICS and records[-1].desired == view.replicas

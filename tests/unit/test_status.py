@@ -21,7 +21,9 @@ BUILT = {"key": "k1", "phase": "Ready", "message": "Build k1 is in the model cac
 
 def _status(obj: dict, observed: Observed, problems: list, desired: int, now: str, scale=None, build=BUILT) -> dict:
     serving = build["key"] if build["phase"] == "Ready" else ("k0" if observed.deployment else None)
-    return compute_status(obj, observed, problems, desired, now, scale, build, serving)
+    return compute_status(
+        obj, observed, problems=problems, desired=desired, now=now, scale=scale, build=build, serving_key=serving
+    )
 
 
 def _conds(status: dict) -> dict[str, dict]:

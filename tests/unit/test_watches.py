@@ -26,7 +26,7 @@ def test_everything_the_operator_makes_carries_the_watch_selector() -> None:
     obj = llmd()
     obj["metadata"]["uid"] = "u1"
     made = [
-        *serving.children(obj, 1, CFG, True, "k1"),
+        *serving.children(obj, 1, CFG, "k1"),
         build_job([obj], obj["spec"], "k1", 1, CFG),
         model_cache.gc_job("team-a", ["k1"], CFG),
         model_cache.catalogue("team-a", CFG),

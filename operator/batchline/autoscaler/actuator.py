@@ -10,8 +10,9 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from batchline.autoscaler import AutoscalingSpec, ObjectKey, QueryConfig, ScalerState, Status, decide, fetch
@@ -63,10 +64,38 @@ def query_config(config: OperatorConfig) -> QueryConfig:
     )
 
 
+class DecisionCode(StrEnum):
+    """Why a decision came out as it did, in a few words fit for a metric label (its reason is free text)."""
+
+    DISABLED = "AutoscalingDisabled"
+    NO_METRICS = "MetricsUnavailable"  # Prometheus down, no data, NaN or stale: replicas held
+    GPU_BUDGET = "GPUBudgetReached"  # replicas that cannot be scheduled: held
+    LATENCY_TARGET = "LatencyTarget"  # sized to hold the latency target
+
+
+@dataclass(frozen=True)
+class DecisionRecord:
+    """One decision, as the operator's metrics record it."""
+
+    namespace: str
+    name: str
+    current: int
+    desired: int
+    code: DecisionCode
+    observed_latency_s: float | None
+    target_latency_s: float
+
+
 class Scaler:
-    def __init__(self, prom: PrometheusLike, query: QueryConfig) -> None:
+    def __init__(
+        self,
+        prom: PrometheusLike,
+        query: QueryConfig,
+        on_decision: Callable[[DecisionRecord], None] | None = None,
+    ) -> None:
         self._prom = prom
         self._query = query
+        self._on_decision = on_decision  # once per decision on a new sample
         self._latest = FetchResult(Status.NO_DATA, "no Prometheus query has run yet", 0.0, query.rate_window_s)
         self._memory: dict[str, _Memory] = {}
         self._lock = threading.Lock()
@@ -135,5 +164,19 @@ class Scaler:
         )
         with self._lock:
             self._memory[meta["uid"]] = _Memory(decision.state, view, latest.evaluated_at)
+        if self._on_decision is not None:
+            code = (
+                DecisionCode.DISABLED if not spec.enabled
+                else DecisionCode.NO_METRICS if metrics.status is not Status.OK
+                else DecisionCode.GPU_BUDGET if budget
+                else DecisionCode.LATENCY_TARGET
+            )  # fmt: skip
+            latency = metrics.sample.latency_ms if metrics.sample else math.nan
+            observed = latency / 1000 if math.isfinite(latency) else None
+            self._on_decision(
+                DecisionRecord(
+                    meta["namespace"], meta["name"], current, replicas, code, observed, spec.target_latency_ms / 1000
+                )
+            )
         return view
 

@@ -1,46 +1,47 @@
-"""One clean-up pass over a namespace's model cache: collect unused builds beyond the size budget.
+"""The next step of a namespace's model-cache clean-up: collect unused builds beyond the size budget.
 
 Level-based like reconcile: the plan comes from the catalogue and what is in use (wanted by an
 LLMDeployment's spec, or served by its pods); a clean-up Job removes those builds from the volume,
-and once it has succeeded their catalogue entries go. An idle pass writes nothing.
+and once it has succeeded their catalogue entries go. Pure: controller.reconcile.collect_cache writes.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
-from kubernetes import client
-
-from batchline.controller.writer import Applier
-from batchline.config import OperatorConfig
 from batchline.build.catalogue import CacheEntry, collectable
-from batchline.resources.model_cache import gc_job, gc_job_name
+from batchline.config import OperatorConfig
 from batchline.observed import JobView
+from batchline.resources.common import Manifest
+from batchline.resources.model_cache import gc_job, gc_job_name
 
-log = logging.getLogger(__name__)
+
+@dataclass(frozen=True)
+class Step:
+    job: Manifest | None = None  # a clean-up Job to start for `removing`
+    removing: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()  # keys whose builds a finished Job removed: drop them from the catalogue
 
 
-def collect(
+def in_use(wanted: Iterable[str], served: Iterable[str | None]) -> set[str]:
+    """Builds no clean-up may touch: those an LLMDeployment's spec wants and those its pods serve now."""
+    return set(wanted) | {key for key in served if key}
+
+
+def plan(
     namespace: str,
     cache: Mapping[str, CacheEntry],
-    in_use: Collection[str],
+    keys_in_use: Collection[str],
     jobs: Sequence[JobView],
-    applier: Applier,
-    core: client.CoreV1Api,
     config: OperatorConfig,
-) -> int:
-    """Returns the number of writes made."""
-    plan = collectable(cache, in_use, config.model_cache_budget_bytes)
-    if not plan or any(j.finished is None for j in jobs):
-        return 0  # nothing to do, or a clean-up is running
-    done = next((j for j in jobs if j.name == gc_job_name(plan)), None)
+) -> Step:
+    keys = collectable(cache, keys_in_use, config.model_cache_budget_bytes)
+    if not keys or any(j.finished is None for j in jobs):
+        return Step()  # nothing to do, or a clean-up is running
+    done = next((j for j in jobs if j.name == gc_job_name(keys)), None)
     if done is None:
-        applier.apply(gc_job(namespace, plan, config))
-        log.info("cache of %s is over budget: removing unused builds %s", namespace, plan)
-        return 1
+        return Step(job=gc_job(namespace, keys, config), removing=tuple(keys))
     if done.finished == "Complete":
-        core.patch_namespaced_config_map(config.model_cache_pvc, namespace, {"data": dict.fromkeys(plan)})
-        log.info("removed builds %s from the cache catalogue of %s", plan, namespace)
-        return 1
-    return 0  # failed: its Job (kept for a while by its TTL) shows why; the plan is retried after that
+        return Step(removed=tuple(keys))
+    return Step()  # failed: its Job (kept for a while by its TTL) shows why; the plan is retried after that

@@ -1,38 +1,37 @@
-"""One level-based reconcile pass for an LLMDeployment: read, build desired state, apply, write status.
+"""One level-based reconcile pass for an LLMDeployment: read, decide, write, report.
 
-Everything it reads comes from the operator's in-memory indexes (see handlers.py), so an idle
-pass costs no API call of any kind, and writes happen only where desired and observed differ.
+Everything it reads comes from the operator's watch caches (controller.indexes), so an idle pass costs
+no API call; desired state comes from pure functions (resources, build.state, report.status), and every
+write goes through the one Writer, which skips what is unchanged.
 """
 
 from __future__ import annotations
 
-import datetime
 import logging
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from kubernetes import client
-
-from batchline import api
 from batchline.autoscaler.actuator import ScaleView
+from batchline.build import collector
 from batchline.build import state as build_state
 from batchline.build.catalogue import CacheEntry
 from batchline.build.spec_key import repository_key
-from batchline.build.state import BuildState
+from batchline.conditions import EventReason
 from batchline.config import OperatorConfig
-from batchline.controller.writer import Applier, applied_hash, with_hash
+from batchline.controller.writer import Applied, Writer, with_hash
 from batchline.observed import BuildPodView, DeploymentView, JobView, NodeView, Observed, PodView
 from batchline.report import feasibility, metrics
-from batchline.report.status import Event, compute_status, status_changed, transition_events
-from batchline.resources import model_cache
-from batchline.resources import serving as manifests
+from batchline.report.status import compute_status, status_changed, transition_events
+from batchline.resources import model_cache, serving
 from batchline.resources.build_job import build_job
+from batchline.resources.common import Manifest
+from batchline.resources.event import Event
+from batchline.timestamps import rfc3339
 
 log = logging.getLogger(__name__)
-
-INDEX_LAG = 60.0  # seconds to trust our own recent apply over an index that has not caught up
 
 
 class ClusterView(Protocol):
@@ -49,99 +48,65 @@ class ClusterView(Protocol):
     def has_catalogue(self, namespace: str) -> bool: ...
 
 
-class StatusPatcher(Protocol):
-    """What writes an LLMDeployment's status: Applier, or CustomObjectsApi."""
+class Autoscaler(Protocol):
+    """autoscaler.actuator.Scaler: the decision on the newest metrics (None: none made yet)."""
 
-    def patch_namespaced_custom_object_status(
-        self, group: str, version: str, namespace: str, plural: str, name: str, body: Mapping[str, Any]
-    ) -> Any: ...
+    def tick(self, llmd: Mapping[str, Any], current: int, ready: int, unschedulable: int) -> ScaleView | None: ...
+
+
+class StampedChildren:
+    """resources.serving.children() stamped with their hashes, kept per object: most passes (a pod's, the
+    namespace tick's) build the same children again, and stamping hashes each of them."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, tuple[tuple[Any, ...], list[Manifest]]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, llmd: Mapping[str, Any], replicas: int, config: OperatorConfig, serving_key: str | None) -> list[
+        Manifest
+    ]:
+        # The children are a function of the object's identity and spec (so of its generation) and of these.
+        meta = llmd["metadata"]
+        inputs = (meta["name"], meta["namespace"], meta.get("generation"), replicas, config, serving_key)
+        with self._lock:
+            cached = self._cache.get(meta["uid"])
+        if cached is not None and cached[0] == inputs:
+            return cached[1]
+        stamped = [with_hash(c) for c in serving.children(llmd, replicas, config, serving_key)]
+        with self._lock:
+            self._cache[meta["uid"]] = (inputs, stamped)
+        return stamped
+
+    def forget(self, uid: str) -> None:
+        with self._lock:
+            self._cache.pop(uid, None)
 
 
 @dataclass
-class Writers:
-    applier: Applier
-    custom: StatusPatcher
-    post_event: Callable[[Mapping[str, Any], Event], None]
-    # (resourceVersion, status) of the last status write per object uid: a pass that starts from a
-    # body fetched before that write landed must neither write it again nor post its Events twice.
-    written_status: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
-    # (hash, monotonic time) of children applied recently, per (uid, kind): the watch that updates the
-    # index lags the write by a moment, and a pass in that moment must not apply the same thing again.
-    applied: dict[tuple[str, str], tuple[str, float]] = field(default_factory=dict)
-    core: client.CoreV1Api | None = None
-    # The hash-stamped children of the last pass per object uid, with what they were built from: most passes
-    # (a child's or the namespace tick's) build the same children again, and stamping hashes them all.
-    children: dict[str, tuple[tuple[Any, ...], list[manifests.Manifest]]] = field(default_factory=dict)
+class Reconciler:
+    """What a pass works with besides the object and the cluster view: long-lived, shared by all passes."""
 
-    def desired_children(
-        self,
-        llmd: Mapping[str, Any],
-        replicas: int,
-        config: OperatorConfig,
-        with_pod_monitor: bool,
-        serving_key: str | None,
-    ) -> list[manifests.Manifest]:
-        """manifests.children(), each stamped with its hash (see apply.with_hash); the children are a
-        function of the object's identity and spec (so of its generation) and of these arguments."""
+    writer: Writer
+    scaler: Autoscaler
+    config: OperatorConfig
+    children: StampedChildren = field(default_factory=StampedChildren)
+
+    def forget(self, llmd: Mapping[str, Any]) -> None:
+        """Drops what is remembered of a deleted LLMDeployment."""
         meta = llmd["metadata"]
-        inputs = (meta["name"], meta["namespace"], meta.get("generation"), replicas, config, with_pod_monitor,
-                  serving_key)
-        cached = self.children.get(meta["uid"])
-        if cached is not None and cached[0] == inputs:
-            return cached[1]
-        stamped = [with_hash(c) for c in manifests.children(llmd, replicas, config, with_pod_monitor, serving_key)]
-        self.children[meta["uid"]] = (inputs, stamped)
-        return stamped
-
-    def record_build(self, namespace: str, entry: CacheEntry, config: OperatorConfig) -> None:
-        """Adds a finished build to the namespace's cache catalogue (merging: other keys stay)."""
-        assert self.core is not None
-        patch = {"data": {entry.key: entry.to_data()}}
-        try:
-            self.core.patch_namespaced_config_map(config.model_cache_pvc, namespace, patch)
-        except client.ApiException as err:
-            if err.status != 404:
-                raise
-            # Rare: each pass creates the catalogue first (reconcile._ensure_catalogue); deleted since.
-            self.create_catalogue(namespace, config)
-            self.core.patch_namespaced_config_map(config.model_cache_pvc, namespace, patch)
-
-    def create_catalogue(self, namespace: str, config: OperatorConfig) -> None:
-        """Creates the namespace's empty cache catalogue; one that exists already is left as it is."""
-        assert self.core is not None
-        try:
-            self.core.create_namespaced_config_map(namespace, model_cache.catalogue(namespace, config))  # type: ignore[arg-type]
-        except client.ApiException as err:
-            if err.status != 409:
-                raise
-
-    def observed_status(self, llmd: Mapping[str, Any]) -> dict[str, Any]:
-        """The status as of the newest of the body and our own last write."""
-        meta = llmd["metadata"]
-        body_status: dict[str, Any] = llmd.get("status") or {}
-        written = self.written_status.get(meta["uid"])
-        if written and _revision(meta) < written[0]:
-            return written[1]
-        return body_status
-
-    def recently_applied(self, uid: str, manifest: manifests.Manifest) -> bool:
-        kind = manifest["kind"] if manifest["kind"] != "Job" else f"Job/{manifest['metadata']['name']}"
-        record = self.applied.get((uid, kind))
-        return record is not None and record[0] == applied_hash(manifest) and time.monotonic() - record[1] < INDEX_LAG
-
-    def forget(self, uid: str) -> None:
-        self.written_status.pop(uid, None)
-        self.children.pop(uid, None)
-        for key in [k for k in self.applied if k[0] == uid]:
-            del self.applied[key]
+        self.children.forget(meta["uid"])
+        kinds = ("Deployment", "Service", "PodDisruptionBudget", "PodMonitor")
+        self.writer.forget(meta["uid"], [(kind, meta["namespace"], meta["name"]) for kind in kinds])
 
 
-def _revision(meta: Mapping[str, Any]) -> int:
-    # The API server's resourceVersion is an etcd revision; only our own writes are compared to it.
-    try:
-        return int(meta.get("resourceVersion", 0))
-    except ValueError:
-        return 0
+@dataclass
+class PassResult:
+    """What one pass did: writes (applies, deletes, catalogue and status writes), Events posted, and the
+    replica change it applied, if any."""
+
+    writes: int = 0
+    events: int = 0
+    scaled: tuple[int, int] | None = None
 
 
 def desired_replicas(spec: Mapping[str, Any], deployment: DeploymentView | None, scale: ScaleView | None) -> int:
@@ -154,154 +119,130 @@ def desired_replicas(spec: Mapping[str, Any], deployment: DeploymentView | None,
     return int(min(max(wanted, low), high))
 
 
-def stale_children(desired: Sequence[manifests.Manifest], view: ClusterView) -> list[manifests.Manifest]:
-    """The stamped children (Writers.desired_children) whose live applied-hash differs from theirs, or
-    that do not exist."""
-    out = []
-    for child in desired:
-        meta = child["metadata"]
-        if view.child_hash(meta["namespace"], meta["name"], child["kind"]) != applied_hash(child):
-            out.append(child)
-    return out
-
-
-def _ensure_catalogue(namespace: str, view: ClusterView, writers: Writers, config: OperatorConfig) -> int:
-    """Creates the namespace's cache catalogue if it has none; returns the writes made. Every namespace with an
-    LLMDeployment has one: builds are recorded in it, and its timer resyncs the namespace (handlers.namespace_tick)."""
-    record = writers.applied.get((namespace, "Catalogue"))
-    if view.has_catalogue(namespace) or (record is not None and time.monotonic() - record[1] < INDEX_LAG):
-        return 0
-    writers.create_catalogue(namespace, config)
-    writers.applied[(namespace, "Catalogue")] = ("", time.monotonic())
-    return 1
-
-
-def _rollout_unobserved(deployment: DeploymentView | None, writers: Writers, uid: str) -> bool:
-    """A Deployment applied moments ago that the controller-manager has not observed yet."""
-    record = writers.applied.get((uid, "Deployment"))
-    return (
-        deployment is not None
-        and deployment.observed_generation < deployment.generation
-        and record is not None
-        and time.monotonic() - record[1] < INDEX_LAG
-    )
+def _decide_scale(
+    llmd: Mapping[str, Any], deployment: DeploymentView | None, pods: Sequence[PodView], scaler: Autoscaler
+) -> ScaleView | None:
+    current = deployment.spec_replicas if deployment else llmd["spec"]["autoscaling"]["minReplicas"]
+    ready = deployment.ready_replicas if deployment else 0
+    return scaler.tick(llmd, current, ready, sum(1 for p in pods if p.unschedulable_message))
 
 
 def _build(
-    llmd: Mapping[str, Any], view: ClusterView, writers: Writers, config: OperatorConfig, act: bool
-) -> tuple[BuildState, CacheEntry | None, int]:
-    """The build of the spec's key: its state, its catalogue entry, and the writes made to move it on."""
-    meta, spec = llmd["metadata"], llmd["spec"]
+    llmd: Mapping[str, Any], view: ClusterView, ctx: Reconciler, act: bool, result: PassResult
+) -> build_state.BuildState:
+    """The build of the spec's key; when `act`, records a finished build and starts or replaces its Job."""
+    meta, spec, config, writer = llmd["metadata"], llmd["spec"], ctx.config, ctx.writer
     namespace, key = meta["namespace"], repository_key(spec)
-    entry = view.cache(namespace).get(key)
     jobs = view.build_jobs(namespace, key)
-    pods = view.build_pods(namespace, key)
-    state = build_state.decide(key, entry, jobs, pods, time.time(), config.build_retry_seconds)
+    state = build_state.decide(
+        key, view.cache(namespace).get(key), jobs, view.build_pods(namespace, key), time.time(),
+        config.build_retry_seconds,
+    )  # fmt: skip
     if not act:
-        return state, entry, 0
-    writes = 0
-    if state.record is not None and not writers.recently_applied(namespace, _record_marker(state.record)):
-        writers.record_build(namespace, state.record, config)
-        writers.applied[(namespace, f"Build/{key}")] = (applied_hash(_record_marker(state.record)), time.monotonic())
-        writes += 1
+        return state
+    if state.record is not None and writer.patch_data(
+        model_cache.catalogue(namespace, config), {key: state.record.to_data()}
+    ):
+        result.writes += 1
         metrics.build_finished(namespace, meta["name"], succeeded=True, seconds=state.seconds or 0.0)
         log.info("recorded build %s in the cache catalogue of %s", key, namespace)
     attempt = state.start_attempt or (state.attempt if state.phase == build_state.BUILDING else None)
     if attempt is not None:
         job = with_hash(build_job(view.wanting(namespace, key) or [llmd], spec, key, attempt, config))
-        live = next((j.applied_hash for j in jobs if j.name == job["metadata"]["name"]), None)
-        if live != applied_hash(job) and not writers.recently_applied(namespace, job):
-            writers.applier.apply(job)
-            writers.applied[(namespace, f"Job/{job['metadata']['name']}")] = (applied_hash(job), time.monotonic())
-            writes += 1
+        live = next((j for j in jobs if j.name == job["metadata"]["name"]), None)
+        if writer.apply(job, live.applied_hash if live else None) is Applied.WRITTEN:
+            result.writes += 1
             if live is None:
                 metrics.build_started(namespace, meta["name"])
             log.info("applied build Job %s/%s", namespace, job["metadata"]["name"])
-    if state.delete_job is not None and writers.applier.delete("batch/v1", "Job", namespace, state.delete_job):
-        writes += 1
-    return state, entry, writes
+    if state.delete_job is not None and writer.delete("batch/v1", "Job", namespace, state.delete_job):
+        result.writes += 1
+    return state
 
 
-def _record_marker(entry: CacheEntry) -> manifests.Manifest:
-    return with_hash({"kind": f"Build/{entry.key}", "metadata": {"name": entry.key}, "data": entry.to_data()})
+def _rollout_unobserved(deployment: DeploymentView | None, writer: Writer, namespace: str, name: str) -> bool:
+    """A Deployment applied moments ago that the controller-manager has not observed yet."""
+    return (
+        deployment is not None
+        and deployment.observed_generation < deployment.generation
+        and writer.applied_recently("Deployment", namespace, name)
+    )
 
 
-def merge_patch(current: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
-    """`new` as a JSON merge patch over `current`: fields that `new` drops are set to null, or they would stay."""
-    patch: dict[str, Any] = dict(new)
-    for key, old in current.items():
-        if key not in new:
-            patch[key] = None
-        elif isinstance(old, Mapping) and isinstance(new[key], Mapping):
-            patch[key] = merge_patch(old, new[key])
-    return patch
+def _scale_event(before: int, after: int, scale: ScaleView) -> Event:
+    reason = EventReason.SCALED_UP if after > before else EventReason.SCALED_DOWN
+    return Event("Normal", reason, f"{before} -> {after} replicas: {scale.reason}")
 
 
-def now_rfc3339() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def reconcile(
-    llmd: Mapping[str, Any],
-    view: ClusterView,
-    writers: Writers,
-    config: OperatorConfig,
-    with_pod_monitor: bool,
-    scale: ScaleView | None = None,
-) -> int:
-    """Returns the number of write calls made (0 when the cluster already matches)."""
-    meta = llmd["metadata"]
+def reconcile(llmd: Mapping[str, Any], view: ClusterView, ctx: Reconciler) -> PassResult:
+    """One pass: nothing is written when the cluster already matches the object."""
+    meta, spec, writer, config = llmd["metadata"], llmd["spec"], ctx.writer, ctx.config
     namespace, name = meta["namespace"], meta["name"]
-    spec = llmd["spec"]
-    writes = _ensure_catalogue(namespace, view, writers, config)
+    result = PassResult()
+    # Every namespace with an LLMDeployment has a catalogue: builds are recorded in it, and its timer is the
+    # namespace's resync and autoscaler tick (controller.handlers.namespace_tick).
+    result.writes += writer.ensure_created(model_cache.catalogue(namespace, config), view.has_catalogue(namespace))
     nodes = view.nodes()
     problems = feasibility.check(spec, nodes)
     deployment = view.deployment(namespace, name)
+    pods = view.pods(namespace, name)
+    scale = _decide_scale(llmd, deployment, pods, ctx.scaler)
     desired = desired_replicas(spec, deployment, scale)
     blocked = any(p.blocking for p in problems)
-    build, entry, build_writes = _build(llmd, view, writers, config, act=not blocked)
-    writes += build_writes
+    build = _build(llmd, view, ctx, act=not blocked, result=result)
     # A new build replaces the served one only when it is ready: until then the old pods keep serving.
     serving_key = build.key if build.phase == build_state.READY else deployment.model_key if deployment else None
     deployment_written = unseen = False
     if not blocked:
-        kids = writers.desired_children(llmd, desired, config, with_pod_monitor, serving_key)
         applied = []
-        for child in stale_children(kids, view):
-            if writers.recently_applied(meta["uid"], child):
-                unseen = True  # applied, but its watch event has not reached the index yet
-                continue
-            writers.applier.apply(child)
-            writers.applied[(meta["uid"], child["kind"])] = (applied_hash(child), time.monotonic())
-            writes += 1
-            deployment_written |= child["kind"] == "Deployment"
-            applied.append(child["kind"])
+        for child in ctx.children.get(llmd, desired, config, serving_key):
+            outcome = writer.apply(child, view.child_hash(namespace, name, child["kind"]))
+            unseen |= outcome is Applied.IN_FLIGHT  # applied, but its watch event has not reached the cache yet
+            if outcome is Applied.WRITTEN:
+                result.writes += 1
+                applied.append(child["kind"])
+        deployment_written = "Deployment" in applied
         if applied:
             log.info("applied %s of %s/%s", ", ".join(applied), namespace, name)
-    if deployment_written or unseen or _rollout_unobserved(deployment, writers, meta["uid"]):
+        if deployment_written and deployment is not None and deployment.spec_replicas != desired and scale:
+            # The Event follows the write that scales, never a decision that was not applied.
+            result.scaled = (deployment.spec_replicas, desired)
+            result.events += writer.post_events(llmd, [_scale_event(*result.scaled, scale)])
+    if deployment_written or unseen or _rollout_unobserved(deployment, writer, namespace, name):
         # The Deployment's watch events start the next pass, which writes the status once the
         # controller-manager has seen the new generation (the namespace tick covers it being down).
-        return writes
-    observed = Observed(deployment=deployment, pods=tuple(view.pods(namespace, name)), nodes=tuple(nodes))
-    current = writers.observed_status(llmd)
+        return result
+    current = writer.observed_status(llmd)
     new = compute_status(
-        {**llmd, "status": current}, observed, problems, desired, now_rfc3339(), scale, build.status(entry), serving_key
-    )
+        {**llmd, "status": current},
+        Observed(deployment=deployment, pods=tuple(pods), nodes=tuple(nodes)),
+        problems=problems, desired=desired, now=rfc3339(), scale=scale, build=build.status(), serving_key=serving_key,
+    )  # fmt: skip
     metrics.record_replicas(namespace, name, desired, new["replicas"], new["readyReplicas"])
     if new["build"]["phase"] == build_state.FAILED and (current.get("build") or {}).get("phase") != build_state.FAILED:
         metrics.build_finished(namespace, name, succeeded=False, seconds=build.seconds or 0.0)
-    if status_changed(current, new):
-        result: dict[str, Any] = writers.custom.patch_namespaced_custom_object_status(
-            api.GROUP, api.VERSION, namespace, api.PLURAL, name, {"status": merge_patch(current, new)}
-        )
-        writers.written_status[meta["uid"]] = (_revision(result["metadata"]), new)
-        writes += 1
-        log.info(
-            "status of %s/%s: %s",
-            namespace,
-            name,
-            [(c["type"], c["reason"]) for c in new["conditions"] if c not in current.get("conditions", [])],
-        )
-        for event in transition_events(current.get("conditions") or [], new["conditions"]):
-            writers.post_event(llmd, event)
-    return writes
+    if status_changed(current, new) and writer.write_status(llmd, current, new):
+        result.writes += 1
+        changed = [(c["type"], c["reason"]) for c in new["conditions"] if c not in current.get("conditions", [])]
+        log.info("status of %s/%s: %s", namespace, name, changed)
+        result.events += writer.post_events(llmd, transition_events(current.get("conditions") or [], new["conditions"]))
+    return result
+
+
+def collect_cache(
+    namespace: str,
+    cache: Mapping[str, CacheEntry],
+    in_use: Collection[str],
+    jobs: Sequence[JobView],
+    ctx: Reconciler,
+) -> int:
+    """One clean-up pass over a namespace's model cache (build.collector plans it); returns the writes made."""
+    step = collector.plan(namespace, cache, in_use, jobs, ctx.config)
+    if step.job is not None and ctx.writer.apply(with_hash(step.job), None) is Applied.WRITTEN:
+        log.info("cache of %s is over budget: removing unused builds %s", namespace, step.removing)
+        return 1
+    catalogue = model_cache.catalogue(namespace, ctx.config)
+    if step.removed and ctx.writer.patch_data(catalogue, dict.fromkeys(step.removed)):
+        log.info("removed builds %s from the cache catalogue of %s", list(step.removed), namespace)
+        return 1
+    return 0

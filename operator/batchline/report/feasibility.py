@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from batchline import api
+from batchline.conditions import Reason
 from batchline.observed import NodeView
 
 SOURCE_SCHEMES = ("hf://", "pvc://")
@@ -27,13 +28,13 @@ def check_source(source: str) -> Problem | None:
         return None
     if source.startswith(SOURCE_SCHEMES):
         return Problem(
-            "InvalidModelSource",
+            Reason.INVALID_MODEL_SOURCE,
             f"spec.model.source {source!r} is malformed: use hf://org/name[@revision] or pvc://claim[/path].",
             blocking=True,
         )
     scheme = source.split("://", 1)[0] if "://" in source else source
     return Problem(
-        "UnsupportedModelSource",
+        Reason.UNSUPPORTED_MODEL_SOURCE,
         f"spec.model.source {source!r} uses {scheme!r}, which Batchline cannot read. "
         "Use hf://org/name[@revision], pvc://claim/path or an absolute path.",
         blocking=True,
@@ -69,7 +70,7 @@ def check_gpus(resources: Mapping[str, Any], nodes: Iterable[NodeView]) -> Probl
     product = resources["gpu"].get("product")
     if product and not any(n.gpu_product == product for n in nodes):
         return Problem(
-            "GPUProductNotFound",
+            Reason.GPU_PRODUCT_NOT_FOUND,
             f"No node has {api.GPU_PRODUCT_LABEL}={product}. GPUs in the cluster: {_products(nodes)}. "
             "Set spec.resources.gpu.product to one of them, or add such nodes.",
             blocking=False,
@@ -77,7 +78,7 @@ def check_gpus(resources: Mapping[str, Any], nodes: Iterable[NodeView]) -> Probl
     candidates = matching_nodes(resources, nodes)
     if not candidates:
         return Problem(
-            "NoMatchingGPUNodes",
+            Reason.NO_MATCHING_GPU_NODES,
             f"No schedulable node with GPUs matches spec.resources (product and nodeSelector). "
             f"GPUs in the cluster: {_products(nodes)}.",
             blocking=False,
@@ -85,7 +86,7 @@ def check_gpus(resources: Mapping[str, Any], nodes: Iterable[NodeView]) -> Probl
     largest = max(n.allocatable_gpus for n in candidates)
     if count > largest:
         return Problem(
-            "InsufficientGPUs",
+            Reason.INSUFFICIENT_GPUS,
             f"Each replica requests {count} {api.GPU_RESOURCE} but the largest matching node offers {largest}. "
             f"Lower spec.resources.gpu.count to {largest} or less, or add larger nodes.",
             blocking=False,

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
@@ -28,6 +29,8 @@ from prometheus_client import (
     ProcessCollector,
     start_http_server,
 )
+
+from batchline.autoscaler.actuator import DecisionRecord
 
 METRICS_PORT_ENV = "BATCHLINE_METRICS_PORT"
 OBJECT = ("namespace", "llmdeployment")
@@ -53,6 +56,12 @@ RECONCILE_WRITES = Counter(
     "batchline_reconcile_writes",
     "API write calls made by reconcile passes (0 for a pass that found nothing to change).",
     OBJECT,
+    registry=REGISTRY,
+)
+WRITES = Counter(
+    "batchline_writes",
+    "API write calls the operator made, by kind of object (status and Event included).",
+    ["kind"],
     registry=REGISTRY,
 )
 RECONCILE_SECONDS = Histogram(
@@ -165,30 +174,26 @@ def build_finished(namespace: str, name: str, succeeded: bool, seconds: float) -
     BUILDS_RUNNING.labels(namespace, name).dec()
 
 
-def record_scale_decision(
-    namespace: str,
-    name: str,
-    current: int,
-    desired: int,
-    reason: str,
-    observed_latency_s: float | None = None,
-    target_latency_s: float | None = None,
-) -> None:
-    """One autoscaler decision. `reason` must be a short CamelCase constant, never free text:
-    each distinct value is a new time series."""
-    direction = "up" if desired > current else "down" if desired < current else "hold"
-    SCALE_DECISIONS.labels(namespace, name, direction, reason).inc()
-    DESIRED_REPLICAS.labels(namespace, name).set(desired)
-    if observed_latency_s is not None:
-        OBSERVED_LATENCY.labels(namespace, name).set(observed_latency_s)
-    if target_latency_s is not None:
-        TARGET_LATENCY.labels(namespace, name).set(target_latency_s)
+def record_scale_decision(decision: DecisionRecord) -> None:
+    """One autoscaler decision on a new sample (autoscaler.actuator.Scaler calls it). Its label is the
+    decision's code, a short CamelCase constant, never free text: each distinct value is a time series."""
+    namespace, name = decision.namespace, decision.name
+    change = decision.desired - decision.current
+    direction = "up" if change > 0 else "down" if change < 0 else "hold"
+    SCALE_DECISIONS.labels(namespace, name, direction, decision.code).inc()
+    DESIRED_REPLICAS.labels(namespace, name).set(decision.desired)
+    if decision.observed_latency_s is not None:
+        OBSERVED_LATENCY.labels(namespace, name).set(decision.observed_latency_s)
+    TARGET_LATENCY.labels(namespace, name).set(decision.target_latency_s)
 
 
 def forget(namespace: str, name: str) -> None:
     """Drop every series of a deleted LLMDeployment."""
     for metric in PER_OBJECT:
         metric.remove_by_labels({"namespace": namespace, "llmdeployment": name})
+    for gauge in STATUS_GAUGES:
+        gauge.remove_by_labels({"namespace": namespace, "llmdeployment": name})
+    _CONDITION_SERIES.pop((namespace, name), None)
 
 
 def exporter_port(env: Mapping[str, str] | None = None) -> int | None:
@@ -209,3 +214,47 @@ def start_exporter(port: int | None = None, addr: str = "0.0.0.0") -> WSGIServer
         return None
     server, _thread = start_http_server(port, addr, registry=REGISTRY)
     return server
+
+
+# What the alerts (the chart's PrometheusRule) need from an LLMDeployment's status and spec.
+CONDITION = Gauge(
+    "batchline_condition",
+    "An LLMDeployment's status conditions: 1 for each condition type's current status and reason.",
+    [*OBJECT, "type", "status", "reason"],
+    registry=REGISTRY,
+)
+MIN_REPLICAS = Gauge(
+    "batchline_autoscaler_min_replicas",
+    "spec.autoscaling.minReplicas.",
+    OBJECT,
+    registry=REGISTRY,
+)
+MAX_REPLICAS = Gauge(
+    "batchline_autoscaler_max_replicas",
+    "spec.autoscaling.maxReplicas.",
+    OBJECT,
+    registry=REGISTRY,
+)
+STATUS_GAUGES = (CONDITION, MIN_REPLICAS, MAX_REPLICAS)
+# (namespace, name) -> the label values of its condition series now exported, so a pass removes the old ones.
+_CONDITION_SERIES: dict[tuple[str, str], set[tuple[str, str, str]]] = {}
+
+
+def record_status(namespace: str, name: str, spec: Mapping[str, Any], status: Mapping[str, Any]) -> None:
+    """Export what a reconcile pass just computed for an LLMDeployment: each condition in status.conditions
+    as batchline_condition{type, status, reason} 1 (one series per type: a changed status or reason replaces
+    the old series) and spec.autoscaling's replica bounds. The reasons are the operator's CamelCase constants
+    (batchline.conditions.Reason), so the series stay few."""
+    current = {(c["type"], c["status"], c.get("reason") or "") for c in status.get("conditions") or []}
+    for ctype, cstatus, reason in _CONDITION_SERIES.get((namespace, name), set()) - current:
+        CONDITION.remove_by_labels(
+            {"namespace": namespace, "llmdeployment": name, "type": ctype, "status": cstatus, "reason": reason}
+        )
+    for ctype, cstatus, reason in current:
+        CONDITION.labels(namespace, name, ctype, cstatus, reason).set(1)
+    _CONDITION_SERIES[(namespace, name)] = current
+    autoscaling = spec.get("autoscaling") or {}
+    if "minReplicas" in autoscaling:
+        MIN_REPLICAS.labels(namespace, name).set(autoscaling["minReplicas"])
+    if "maxReplicas" in autoscaling:
+        MAX_REPLICAS.labels(namespace, name).set(autoscaling["maxReplicas"])

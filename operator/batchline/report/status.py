@@ -12,18 +12,18 @@ from typing import Any
 from batchline import api
 from batchline.autoscaler import Status
 from batchline.autoscaler.actuator import ScaleView
+from batchline.build.state import FAILED, READY
+from batchline.conditions import FALSE, ORDER, TRUE, UNKNOWN, Reason, Type
 from batchline.observed import Observed
 from batchline.report.feasibility import Problem, matching_nodes
 from batchline.resources.event import Event
 from batchline.resources.serving import endpoints
 
-TRUE, FALSE, UNKNOWN = "True", "False", "Unknown"
-CONDITION_ORDER = ("Ready", "ModelReady", "Schedulable", "Progressing", "Degraded", "ScalingActive")
 _METRIC_REASONS = {
-    Status.PROMETHEUS_DOWN: "PrometheusUnavailable",
-    Status.NO_DATA: "NoMetrics",
-    Status.NAN: "MetricsNaN",
-    Status.STALE: "MetricsStale",
+    Status.PROMETHEUS_DOWN: Reason.PROMETHEUS_UNAVAILABLE,
+    Status.NO_DATA: Reason.NO_METRICS,
+    Status.NAN: Reason.METRICS_NAN,
+    Status.STALE: Reason.METRICS_STALE,
 }
 
 
@@ -42,15 +42,14 @@ def _gpu_status(spec: Mapping[str, Any], observed: Observed, desired: int) -> di
 
 def _scaling_condition(spec: Mapping[str, Any], scale: ScaleView | None, desired: int) -> dict[str, Any]:
     if not spec["autoscaling"]["enabled"]:
-        return _cond(
-            "ScalingActive", FALSE, "AutoscalingDisabled", f"spec.autoscaling.enabled is false: {desired} replicas."
-        )
+        message = f"spec.autoscaling.enabled is false: {desired} replicas."
+        return _cond(Type.SCALING_ACTIVE, FALSE, Reason.AUTOSCALING_DISABLED, message)
     if scale is None:
-        return _cond("ScalingActive", UNKNOWN, "WaitingForMetrics", "The autoscaler has not read metrics yet.")
+        message = "The autoscaler has not read metrics yet."
+        return _cond(Type.SCALING_ACTIVE, UNKNOWN, Reason.WAITING_FOR_METRICS, message)
     if scale.metrics is Status.OK:
-        return _cond("ScalingActive", TRUE, "TrackingLatency", scale.reason)
-    return _cond(
-        "ScalingActive",
+        return _cond(Type.SCALING_ACTIVE, TRUE, Reason.TRACKING_LATENCY, scale.reason)
+    return _cond(Type.SCALING_ACTIVE,
         FALSE,
         _METRIC_REASONS[scale.metrics],
         f"Replicas held at {desired}: {scale.metrics_detail}. "
@@ -59,13 +58,13 @@ def _scaling_condition(spec: Mapping[str, Any], scale: ScaleView | None, desired
 
 
 def _model_condition(build: Mapping[str, Any], serving_key: str | None) -> dict[str, Any]:
-    if build["phase"] == "Ready":
-        return _cond("ModelReady", TRUE, "Built", build["message"])
-    reason = "BuildFailed" if build["phase"] == "Failed" else "Building"
+    if build["phase"] == READY:
+        return _cond(Type.MODEL_READY, TRUE, Reason.BUILT, build["message"])
+    reason = Reason.BUILD_FAILED if build["phase"] == FAILED else Reason.BUILDING
     if serving_key is not None:
         message = f"{build['message']} Pods keep serving build {serving_key} until then."
-        return _cond("ModelReady", FALSE, reason, message)
-    return _cond("ModelReady", FALSE, reason, build["message"])
+        return _cond(Type.MODEL_READY, FALSE, reason, message)
+    return _cond(Type.MODEL_READY, FALSE, reason, build["message"])
 
 
 def _conditions(
@@ -80,68 +79,66 @@ def _conditions(
     dep = observed.deployment
     blocking = [p for p in problems if p.blocking]
     model = _model_condition(build, serving_key)
-    if blocking and build["phase"] != "Ready":
-        model = _cond("ModelReady", FALSE, blocking[0].reason, blocking[0].message)
+    if blocking and build["phase"] != READY:
+        model = _cond(Type.MODEL_READY, FALSE, blocking[0].reason, blocking[0].message)
     advisory = [p for p in problems if not p.blocking]
     ready_replicas = dep.ready_replicas if dep else 0
     gpus = _gpu_status(spec, observed, desired)
     pending = [p for p in observed.pods if p.unschedulable_message and not p.terminating]
 
     if blocking:
-        schedulable = _cond("Schedulable", FALSE, blocking[0].reason, blocking[0].message)
+        schedulable = _cond(Type.SCHEDULABLE, FALSE, blocking[0].reason, blocking[0].message)
     elif advisory:
-        schedulable = _cond("Schedulable", FALSE, advisory[0].reason, advisory[0].message)
+        schedulable = _cond(Type.SCHEDULABLE, FALSE, advisory[0].reason, advisory[0].message)
     elif pending:
-        schedulable = _cond(
-            "Schedulable",
+        schedulable = _cond(Type.SCHEDULABLE,
             FALSE,
-            "InsufficientGPUs" if spec["resources"]["gpu"]["count"] else "Unschedulable",
+            Reason.INSUFFICIENT_GPUS if spec["resources"]["gpu"]["count"] else Reason.UNSCHEDULABLE,
             f"{len(pending)} of {desired} replicas cannot be scheduled: they request "
             f"{spec['resources']['gpu']['count']} {api.GPU_RESOURCE} each, {gpus['requested']} in total, and "
             f"matching nodes have {gpus['allocatable']} allocatable. Scheduler: {pending[0].unschedulable_message} "
             "Lower spec.autoscaling.maxReplicas or add GPU nodes.",
         )
     else:
-        schedulable = _cond("Schedulable", TRUE, "Schedulable", "All replicas can be placed on matching nodes.")
+        schedulable = _cond(Type.SCHEDULABLE, TRUE, Reason.SCHEDULABLE, "All replicas can be placed on matching nodes.")
 
-    if not blocking and model["reason"] == "Building":
-        progressing = _cond("Progressing", TRUE, "Building", model["message"])
+    if not blocking and model["reason"] == Reason.BUILDING:
+        progressing = _cond(Type.PROGRESSING, TRUE, Reason.BUILDING, model["message"])
     elif blocking or dep is None:
-        progressing = _cond("Progressing", FALSE, "NotDeployed", "No Triton Deployment exists yet.")
+        progressing = _cond(Type.PROGRESSING, FALSE, Reason.NOT_DEPLOYED, "No Triton Deployment exists yet.")
     elif not dep.rolled_out:
-        progressing = _cond(
-            "Progressing",
+        progressing = _cond(Type.PROGRESSING,
             TRUE,
-            "RollingOut",
+            Reason.ROLLING_OUT,
             f"{dep.updated_replicas} of {dep.spec_replicas} replicas run the current version.",
         )
     else:
-        progressing = _cond("Progressing", FALSE, "RolloutComplete", "All replicas run the current version.")
+        progressing = _cond(Type.PROGRESSING, FALSE, Reason.ROLLOUT_COMPLETE, "All replicas run the current version.")
 
     if blocking:
-        degraded = _cond("Degraded", TRUE, blocking[0].reason, blocking[0].message)
-    elif model["reason"] == "BuildFailed":
-        degraded = _cond("Degraded", TRUE, "BuildFailed", model["message"])
+        degraded = _cond(Type.DEGRADED, TRUE, blocking[0].reason, blocking[0].message)
+    elif model["reason"] == Reason.BUILD_FAILED:
+        degraded = _cond(Type.DEGRADED, TRUE, Reason.BUILD_FAILED, model["message"])
     elif schedulable["status"] == FALSE:
-        degraded = _cond("Degraded", TRUE, schedulable["reason"], schedulable["message"])
+        degraded = _cond(Type.DEGRADED, TRUE, schedulable["reason"], schedulable["message"])
     else:
-        degraded = _cond("Degraded", FALSE, "AsExpected", "No problems observed.")
+        degraded = _cond(Type.DEGRADED, FALSE, Reason.AS_EXPECTED, "No problems observed.")
 
     if blocking:
-        ready = _cond("Ready", FALSE, blocking[0].reason, blocking[0].message)
+        ready = _cond(Type.READY, FALSE, blocking[0].reason, blocking[0].message)
     elif dep is None and serving_key is None:
-        ready = _cond("Ready", FALSE, model["reason"], model["message"])
+        ready = _cond(Type.READY, FALSE, model["reason"], model["message"])
     elif desired == 0:
-        ready = _cond("Ready", TRUE, "ScaledToZero", "Scaled to zero replicas; the first request scales up.")
+        ready = _cond(Type.READY, TRUE, Reason.SCALED_TO_ZERO, "Scaled to zero replicas; the first request scales up.")
     elif ready_replicas >= 1:
-        ready = _cond("Ready", TRUE, "Serving", f"{ready_replicas} of {desired} replicas are ready to serve.")
+        ready = _cond(Type.READY, TRUE, Reason.SERVING, f"{ready_replicas} of {desired} replicas are ready to serve.")
     elif schedulable["status"] == FALSE:
-        ready = _cond("Ready", FALSE, schedulable["reason"], schedulable["message"])
+        ready = _cond(Type.READY, FALSE, schedulable["reason"], schedulable["message"])
     else:
-        ready = _cond("Ready", FALSE, "ReplicasStarting", f"0 of {desired} replicas are ready yet.")
+        ready = _cond(Type.READY, FALSE, Reason.REPLICAS_STARTING, f"0 of {desired} replicas are ready yet.")
     scaling = _scaling_condition(spec, scale, desired)
     by_type = {c["type"]: c for c in (ready, model, schedulable, progressing, degraded, scaling)}
-    return [by_type[t] for t in CONDITION_ORDER]
+    return [by_type[t] for t in ORDER]
 
 
 def _stamp(
@@ -179,6 +176,7 @@ def _autoscaling(scale: ScaleView, observed: Observed) -> dict[str, Any]:
 def compute_status(
     llmd: Mapping[str, Any],
     observed: Observed,
+    *,
     problems: Sequence[Problem],
     desired: int,
     now: str,
@@ -219,18 +217,24 @@ def status_changed(current: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
     return any(current.get(k) != v for k, v in new.items())
 
 
-_NEWS = ("Ready", "ModelReady", "Schedulable", "Degraded", "ScalingActive")
-_BAD = {("Ready", FALSE), ("Schedulable", FALSE), ("Degraded", TRUE), ("ScalingActive", FALSE), ("ModelReady", FALSE)}
-_PROGRESS = {"Building"}  # not ready yet, and on its way: news, not a warning
-_CHOICES = {"AutoscalingDisabled"}  # what the user asked for, not news
+_NEWS = (Type.READY, Type.MODEL_READY, Type.SCHEDULABLE, Type.DEGRADED, Type.SCALING_ACTIVE)
+_BAD = {
+    (Type.READY, FALSE),
+    (Type.SCHEDULABLE, FALSE),
+    (Type.DEGRADED, TRUE),
+    (Type.SCALING_ACTIVE, FALSE),
+    (Type.MODEL_READY, FALSE),
+}
+_PROGRESS = {Reason.BUILDING}  # not ready yet, and on its way: news, not a warning
+_CHOICES = {Reason.AUTOSCALING_DISABLED}  # what the user asked for, not news
 # A condition's first value that is no news: all is well from the start (a build found in the cache, say).
 _QUIET_START = {
-    ("Ready", TRUE),
-    ("ModelReady", TRUE),
-    ("Schedulable", TRUE),
-    ("Degraded", FALSE),
-    ("ScalingActive", TRUE),
-    ("ScalingActive", UNKNOWN),
+    (Type.READY, TRUE),
+    (Type.MODEL_READY, TRUE),
+    (Type.SCHEDULABLE, TRUE),
+    (Type.DEGRADED, FALSE),
+    (Type.SCALING_ACTIVE, TRUE),
+    (Type.SCALING_ACTIVE, UNKNOWN),
 }
 
 

@@ -17,6 +17,7 @@ from batchline.resources.common import (
     TRITON_UID,
     Manifest,
     cache_tool_container,
+    image_pull_secrets,
     model_cache_volume,
     owner_reference,
     restricted_pod_security,
@@ -142,6 +143,8 @@ def deployment(llmd: Mapping[str, Any], replicas: int, config: OperatorConfig, k
         ],
         **_scheduling(spec["resources"]),
     }
+    if pull_secrets := image_pull_secrets(config, [spec]):
+        pod_spec["imagePullSecrets"] = pull_secrets
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -183,11 +186,17 @@ def pod_disruption_budget(llmd: Mapping[str, Any]) -> Manifest:
     }
 
 
-def pod_monitor(llmd: Mapping[str, Any]) -> Manifest:
+def pod_monitor(llmd: Mapping[str, Any], config: OperatorConfig | None = None) -> Manifest:
+    """Scrapes the LLMDeployment's Triton pods. It carries config.monitor_labels (the chart's
+    monitoring.labels), which a Prometheus that selects monitors by label (kube-prometheus-stack: release)
+    needs to pick it up; they never replace the labels that name the LLMDeployment."""
+    metadata = _metadata(llmd)
+    if config is not None and config.monitor_labels:
+        metadata["labels"] = {**dict(config.monitor_labels), **metadata["labels"]}
     return {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PodMonitor",
-        "metadata": _metadata(llmd),
+        "metadata": metadata,
         "spec": {
             "selector": {"matchLabels": selector_labels(llmd["metadata"]["name"])},
             "podMetricsEndpoints": [{"port": "metrics", "path": "/metrics", "interval": "15s"}],
@@ -207,12 +216,12 @@ def endpoints(llmd: Mapping[str, Any]) -> dict[str, str]:
 
 
 def children(
-    llmd: Mapping[str, Any], replicas: int, config: OperatorConfig, with_pod_monitor: bool, serving_key: str | None
+    llmd: Mapping[str, Any], replicas: int, config: OperatorConfig, serving_key: str | None
 ) -> list[Manifest]:
     """All children, in apply order; no Deployment until a build is there to serve."""
     out = [service(llmd), pod_disruption_budget(llmd)]
     if serving_key is not None:
         out.append(deployment(llmd, replicas, config, serving_key))
-    if with_pod_monitor:
-        out.append(pod_monitor(llmd))
+    if config.pod_monitors:
+        out.append(pod_monitor(llmd, config))
     return out
