@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from batchline import api
 from batchline.build.catalogue import CacheEntry, collectable
+from batchline.build.spec_key import repository_key
+from batchline.build.state import BUILD_BLOCKED, BUILD_OUT_OF_MEMORY, build_pod_problem
 from batchline.config import OperatorConfig
-from batchline.resources.build_job import build_job, builder_args
+from batchline.resources.build_job import HF_HOME, build_job, builder_args
 from batchline.resources.model_cache import gc_job
 from tests.crd_schema import llmd
 
@@ -77,3 +79,106 @@ def test_a_catalogue_entry_round_trips_through_configmap_data() -> None:
     entry = CacheEntry("k1", "2026-11-22T10:00:00Z", {"key": "c1", "sizeBytes": 136})
     assert CacheEntry.from_data("k1", entry.to_data()) == entry
     assert CacheEntry.from_data("k2", "not json").summary == {}
+
+
+def _pod(obj: dict) -> dict:
+    return build_job([obj], obj["spec"], "k1", 1, CFG)["spec"]["template"]["spec"]
+
+
+def test_a_per_model_token_secret_and_key_reach_the_build_and_are_required() -> None:
+    private = llmd(
+        model={"source": "hf://meta-llama/Llama-3.1-8B@main", "tokenSecretRef": {"name": "llama", "key": "t"}}
+    )
+    [token] = [e for e in _pod(private)["containers"][0]["env"] if e["name"] == "HF_TOKEN"]
+    assert token["valueFrom"]["secretKeyRef"] == {"name": "llama", "key": "t", "optional": False}
+    default_key = llmd(model={"source": "hf://a/b", "tokenSecretRef": {"name": "llama"}})
+    [token] = [e for e in _pod(default_key)["containers"][0]["env"] if e["name"] == "HF_TOKEN"]
+    assert token["valueFrom"]["secretKeyRef"] == {"name": "llama", "key": "HF_TOKEN", "optional": False}
+    # A Job's pod cannot change, so another Secret is another build (and Job), not an edit of the running one.
+    assert repository_key(private["spec"]) != repository_key(default_key["spec"])
+    assert repository_key(llmd()["spec"]) == repository_key(llmd()["spec"])
+
+
+def test_downloads_go_to_an_emptydir_of_the_build_pod_never_to_the_shared_cache() -> None:
+    pod = _pod(llmd())
+    container = pod["containers"][0]
+    assert {"name": "HF_HOME", "value": HF_HOME} in container["env"]
+    [mount] = [m for m in container["volumeMounts"] if m["mountPath"] == HF_HOME]
+    assert {"name": mount["name"], "emptyDir": {}} in pod["volumes"]
+    cache_mount = next(m for m in container["volumeMounts"] if m["name"] == "model-cache")["mountPath"]
+    assert not HF_HOME.startswith(cache_mount + "/")
+
+
+def test_per_model_builder_resources_override_the_chart_wide_ones() -> None:
+    default = _pod(llmd())["containers"][0]["resources"]
+    assert default == {"requests": {"cpu": "4", "memory": "32Gi"}, "limits": {"memory": "32Gi"}}
+    big = llmd(build={"resources": {"memory": "96Gi"}})
+    assert _pod(big)["containers"][0]["resources"] == {
+        "requests": {"cpu": "4", "memory": "96Gi"},
+        "limits": {"memory": "96Gi"},
+    }
+    both = llmd(build={"resources": {"cpu": 16, "memory": "64Gi"}})
+    assert _pod(both)["containers"][0]["resources"]["requests"] == {"cpu": "16", "memory": "64Gi"}
+    assert len({repository_key(o["spec"]) for o in (llmd(), big, both)}) == 3
+
+
+def test_vllm_on_several_gpus_builds_one_tensor_parallel_engine() -> None:
+    tp = llmd(serving={"backend": "vllm"}, resources={"gpu": {"count": 4}})
+    assert "--tensor-parallel-size=4" in builder_args(tp["spec"], "k", "/c")
+    one = llmd(serving={"backend": "vllm"}, resources={"gpu": {"count": 1}})
+    assert not any(a.startswith("--tensor-parallel-size") for a in builder_args(one["spec"], "k", "/c"))
+    python = llmd(resources={"gpu": {"count": 4}})  # data-parallel copies, one per GPU
+    assert not any(a.startswith("--tensor-parallel-size") for a in builder_args(python["spec"], "k", "/c"))
+    assert repository_key(tp["spec"]) != repository_key(one["spec"])
+    # The python backend's copies per GPU need no new build.
+    assert repository_key(python["spec"]) == repository_key(llmd(resources={"gpu": {"count": 2}})["spec"])
+
+
+def _build_pod(env: list, state: dict, memory: str = "2Gi") -> dict:
+    container = {"name": "builder", "env": env, "resources": {"limits": {"memory": memory}}}
+    return {
+        "metadata": {"name": "batchline-build-k1-1-abcde", "namespace": "team-a"},
+        "spec": {"containers": [container]},
+        "status": {"phase": "Pending", "containerStatuses": [{"name": "builder", "state": state}]},
+    }
+
+
+TOKEN_ENV = [
+    {"name": "HF_HOME", "value": HF_HOME},
+    {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-llama", "key": "token", "optional": False}}},
+]
+
+
+def _waiting(message: str) -> dict:
+    return {"waiting": {"reason": "CreateContainerConfigError", "message": message}}
+
+
+def test_a_build_held_by_a_missing_token_secret_names_the_secret_and_how_to_create_it() -> None:
+    problem = build_pod_problem(_build_pod(TOKEN_ENV, _waiting('secret "hf-llama" not found')))
+    assert problem is not None and problem.reason == BUILD_BLOCKED and problem.secret == "hf-llama"
+    assert 'Secret "hf-llama" does not exist in namespace team-a' in problem.message
+    assert "kubectl create secret generic hf-llama -n team-a --from-literal=token=<token>" in problem.message
+    no_key = build_pod_problem(_build_pod(TOKEN_ENV, _waiting("couldn't find key token in Secret team-a/hf-llama")))
+    assert no_key is not None and no_key.secret == "hf-llama"
+    assert 'has no key "token"' in no_key.message and "spec.model.tokenSecretRef.key" in no_key.message
+    # The local process node's words for the same thing.
+    local = build_pod_problem(_build_pod(TOKEN_ENV, _waiting("env 'HF_TOKEN': secret 'hf-llama' has no key 'token'")))
+    assert local is not None and local.secret == "hf-llama"
+
+
+def test_other_waiting_reasons_and_unrelated_config_errors_are_not_blamed_on_the_secret() -> None:
+    assert build_pod_problem(_build_pod(TOKEN_ENV, {"waiting": {"reason": "ContainerCreating"}})) is None
+    assert build_pod_problem(_build_pod(TOKEN_ENV, _waiting('configmap "other" not found'))) is None
+    assert build_pod_problem(_build_pod(TOKEN_ENV, {"running": {}})) is None
+    failed = {"terminated": {"reason": "Error", "exitCode": 2, "message": "checkpoint folder /x does not exist"}}
+    assert build_pod_problem(_build_pod(TOKEN_ENV, failed)) is None
+
+
+def test_an_oom_killed_build_says_the_memory_it_had_and_which_field_to_raise() -> None:
+    killed = {"terminated": {"reason": "OOMKilled", "exitCode": 137, "message": "quantizing layer 12 of 32"}}
+    problem = build_pod_problem(_build_pod(TOKEN_ENV, killed, memory="2Gi"))
+    assert problem is not None and problem.reason == BUILD_OUT_OF_MEMORY and problem.memory == "2Gi"
+    assert "The build ran out of memory at 2Gi" in problem.message
+    assert "set spec.build.resources.memory higher (e.g. 4Gi)" in problem.message
+    big = build_pod_problem(_build_pod(TOKEN_ENV, killed, memory="1.5Ti"))
+    assert big is not None and "at 1.5Ti" in big.message and "(e.g. 3Ti)" in big.message

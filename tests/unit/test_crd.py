@@ -66,3 +66,69 @@ def test_cross_field_rules_exist_with_field_paths() -> None:
     assert "self.minReplicas <= self.maxReplicas" in text
     assert "fp8" in text and "vllm" in text
     assert all(r["message"] for r in rules)
+
+
+class _Obj:
+    """Attribute access over a defaulted spec, as CEL's `self.a.b` reads it."""
+
+    def __init__(self, value: dict[str, Any]) -> None:
+        self._value = value
+
+    def __getattr__(self, name: str) -> Any:
+        value = self._value[name]
+        return _Obj(value) if isinstance(value, dict) else value
+
+
+def _spec_rule_violations(spec: dict[str, Any]) -> list[str]:
+    """Messages of the spec-level CEL rules a defaulted spec breaks. Only the plain boolean rules
+    (comparisons, `in`, `||`, `!`) are evaluated, by a textual translation into Python; the API server
+    runs all of them (tests/integration/test_operator.py)."""
+    import re
+
+    out = []
+    for rule in schema()["properties"]["spec"]["x-kubernetes-validations"]:
+        text = rule["rule"]
+        if re.search(r"has\(|\.all\(|size\(|matches\(", text):
+            continue
+        expr = re.sub(r"!(?!=)", " not ", text.replace("||", " or ").replace("&&", " and "))
+        if not eval(expr, {"__builtins__": {}}, {"self": _Obj(spec)}):
+            out.append(rule["message"])
+    return out
+
+
+def test_vllm_splits_a_model_over_its_gpus_and_cel_refuses_what_it_cannot_do() -> None:
+    def violations(**spec: Any) -> list[str]:
+        return _spec_rule_violations(defaulted({"model": {"source": "hf://org/model"}, **spec}))
+
+    for count in (1, 2, 4, 8):
+        assert violations(serving={"backend": "vllm"}, resources={"gpu": {"count": count}}) == []
+    [odd] = violations(serving={"backend": "vllm"}, resources={"gpu": {"count": 3}})
+    assert odd.startswith("spec.resources.gpu.count:") and "tensor parallelism" in odd
+    [copies] = violations(serving={"backend": "vllm", "instancesPerReplica": 2}, resources={"gpu": {"count": 2}})
+    assert copies.startswith("spec.serving.instancesPerReplica:")
+    # The python backend loads a copy per GPU: any count, any instances per replica.
+    assert violations(serving={"instancesPerReplica": 2}, resources={"gpu": {"count": 3}}) == []
+    [no_gpu] = violations(serving={"backend": "vllm"}, resources={"gpu": {"count": 0}})
+    assert "at least one GPU" in no_gpu
+    gpu = schema()["properties"]["spec"]["properties"]["resources"]["properties"]["gpu"]["properties"]["count"]
+    assert "tensor parallelism" in gpu["description"] and "copy on each GPU" in gpu["description"]
+
+
+def test_fp32_is_an_explicit_mode_and_none_keeps_the_checkpoints_precision() -> None:
+    mode = schema()["properties"]["spec"]["properties"]["quantization"]["properties"]["mode"]
+    assert "fp32" in mode["enum"] and mode["default"] == "none"
+    assert "checkpoint's precision" in mode["description"] and "float32" in mode["description"]
+    assert _spec_rule_violations(defaulted({"model": {"source": "hf://o/m"}, "quantization": {"mode": "fp32"}})) == []
+    vllm_fp32 = {"model": {"source": "hf://o/m"}, "quantization": {"mode": "fp32"}, "serving": {"backend": "vllm"}}
+    assert _spec_rule_violations(defaulted(vllm_fp32)) == []
+    vllm_int8 = {**vllm_fp32, "quantization": {"mode": "int8-weight-only"}}
+    assert _spec_rule_violations(defaulted(vllm_int8)) == [
+        "spec.quantization.mode: the vllm backend supports none, fp32, fp16, bf16 and fp8."
+    ]
+
+
+def test_build_resources_and_token_secret_are_optional_with_no_defaults() -> None:
+    spec = defaulted({"model": {"source": "hf://org/model", "tokenSecretRef": {"name": "hf"}}})
+    assert "build" not in spec and spec["model"]["tokenSecretRef"] == {"name": "hf", "key": "HF_TOKEN"}
+    build = schema()["properties"]["spec"]["properties"]["build"]["properties"]["resources"]["properties"]
+    assert set(build) == {"cpu", "memory"} and not any("default" in f for f in build.values())

@@ -9,9 +9,11 @@ from typing import Any
 
 
 def repository_inputs(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """The spec subset that changes the built repository; anything else must not cause a rebuild."""
+    """The spec subset that changes the built repository or the build Job's pod; anything else must not
+    cause a rebuild."""
     serving = spec["serving"]
-    return {
+    gpus = spec["resources"]["gpu"]["count"]
+    inputs: dict[str, Any] = {
         "model": {"source": spec["model"]["source"], "task": spec["model"]["task"]},
         # The quality gate is a build input: loosening it after a failed build must build again now.
         "quantization": dict(spec["quantization"]),
@@ -21,8 +23,20 @@ def repository_inputs(spec: Mapping[str, Any]) -> dict[str, Any]:
         "dynamicBatching": serving["dynamicBatching"],
         "instancesPerReplica": serving["instancesPerReplica"],
         "responseCache": serving["responseCache"],
-        "device": "gpu" if spec["resources"]["gpu"]["count"] > 0 else "cpu",
+        "device": "gpu" if gpus > 0 else "cpu",
     }
+    # Added only when they apply, so that the keys of specs without them stay what they were.
+    if serving["backend"] == "vllm" and gpus > 1:
+        inputs["tensorParallelSize"] = gpus  # model.json's tensor_parallel_size
+    if spec["quantization"]["mode"] == "none" and gpus > 0:
+        inputs["precision"] = "checkpoint"  # none keeps the checkpoint's dtype on GPUs (float32 before)
+    # Not repository inputs, but they shape the build Job's pod, which cannot change once the Job exists:
+    # a change starts a new build (the builder finds the same content and only links it).
+    if token := spec["model"].get("tokenSecretRef"):
+        inputs["tokenSecretRef"] = dict(token)
+    if resources := (spec.get("build") or {}).get("resources"):
+        inputs["buildResources"] = {k: str(v) for k, v in resources.items()}
+    return inputs
 
 
 def repository_key(spec: Mapping[str, Any]) -> str:

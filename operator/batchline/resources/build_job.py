@@ -23,6 +23,9 @@ from batchline.resources.common import (
 )
 
 SOURCE_MOUNT = "/source"
+# huggingface_hub's cache (hf:// downloads): an emptyDir of the build pod, so the raw checkpoint, which
+# may be gated, is never on the shared cache volume that every Triton pod mounts, and goes with the pod.
+HF_HOME = "/hf-home"
 # Owners of a shared Job: enough that deleting one LLMDeployment rarely stops a build others want,
 # few enough that a key shared by hundreds of objects does not grow the Job on every new one.
 MAX_OWNERS = 8
@@ -62,6 +65,8 @@ def builder_args(spec: Mapping[str, Any], key: str, source: str) -> list[str]:
         f"--instance-kind={'KIND_GPU' if spec['resources']['gpu']['count'] > 0 else 'KIND_CPU'}",
         f"--instance-count={serving['instancesPerReplica']}",
     ]  # fmt: skip
+    if serving["backend"] == "vllm" and spec["resources"]["gpu"]["count"] > 1:
+        args.append(f"--tensor-parallel-size={spec['resources']['gpu']['count']}")
     args += [f"--preferred-batch-size={size}" for size in batching.get("preferredBatchSizes") or []]
     if not batching["enabled"]:
         args.append("--no-dynamic-batching")
@@ -74,6 +79,24 @@ def builder_args(spec: Mapping[str, Any], key: str, source: str) -> list[str]:
     return args
 
 
+def token_env(spec: Mapping[str, Any], config: OperatorConfig) -> dict[str, Any]:
+    """HF_TOKEN from spec.model.tokenSecretRef: required, so a missing Secret or key holds the pod
+    (CreateContainerConfigError, see build.state.build_pod_problem); else the chart-wide Secret, if any."""
+    ref = spec["model"].get("tokenSecretRef")
+    if ref:
+        key_ref = {"name": ref["name"], "key": ref.get("key") or "HF_TOKEN", "optional": False}
+    else:
+        key_ref = {"name": config.hf_token_secret, "key": "HF_TOKEN", "optional": True}
+    return {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": key_ref}}
+
+
+def build_resources(spec: Mapping[str, Any], config: OperatorConfig) -> dict[str, Any]:
+    """spec.build.resources over the chart-wide builder.cpu and builder.memory; memory is also the limit."""
+    override = (spec.get("build") or {}).get("resources") or {}
+    cpu, memory = str(override.get("cpu") or config.build_cpu), str(override.get("memory") or config.build_memory)
+    return {"requests": {"cpu": cpu, "memory": memory}, "limits": {"memory": memory}}
+
+
 def build_job(
     owners: Sequence[Mapping[str, Any]], spec: Mapping[str, Any], key: str, attempt: int, config: OperatorConfig
 ) -> Manifest:
@@ -81,10 +104,7 @@ def build_job(
     namespace = owners[0]["metadata"]["namespace"]
     source, volumes, mounts = _source(spec["model"]["source"])
     gpu = spec["quantization"]["mode"] == "fp8" and spec["serving"]["backend"] == "python"
-    resources: dict[str, Any] = {
-        "requests": {"cpu": config.build_cpu, "memory": config.build_memory},
-        "limits": {"memory": config.build_memory},
-    }
+    resources = build_resources(spec, config)
     if gpu:  # fp8 is measured on the GPU it will run on; every other mode builds on CPU
         resources["requests"][api.GPU_RESOURCE] = resources["limits"][api.GPU_RESOURCE] = "1"
     labels = {api.LABEL_BUILD_KEY: key, api.LABEL_MANAGED_BY: api.MANAGED_BY, "app.kubernetes.io/component": "builder"}
@@ -93,16 +113,14 @@ def build_job(
         "image": config.builder_image,
         "command": ["batchline"],
         "args": builder_args(spec, key, source),
-        "env": [
-            {"name": "HF_HOME", "value": f"{MODEL_MOUNT}/.huggingface"},
-            {
-                "name": "HF_TOKEN",
-                "valueFrom": {"secretKeyRef": {"name": config.hf_token_secret, "key": "HF_TOKEN", "optional": True}},
-            },
-        ],
+        "env": [{"name": "HF_HOME", "value": HF_HOME}, token_env(spec, config)],
         "resources": resources,
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "volumeMounts": [{"name": "model-cache", "mountPath": MODEL_MOUNT}, *mounts],
+        "volumeMounts": [
+            {"name": "model-cache", "mountPath": MODEL_MOUNT},
+            {"name": "hf-home", "mountPath": HF_HOME},
+            *mounts,
+        ],
         "securityContext": RESTRICTED_CONTAINER,
     }
     pod_spec: dict[str, Any] = {
@@ -111,7 +129,11 @@ def build_job(
         "enableServiceLinks": False,
         "securityContext": restricted_pod_security(BUILDER_UID),
         "containers": [container],
-        "volumes": [model_cache_volume(config, namespace, read_only=False), *volumes],
+        "volumes": [
+            model_cache_volume(config, namespace, read_only=False),
+            {"name": "hf-home", "emptyDir": {}},
+            *volumes,
+        ],
     }
     if gpu:
         pod_spec["tolerations"] = [{"key": api.GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
