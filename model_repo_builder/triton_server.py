@@ -1,6 +1,6 @@
 """Runs the tritonserver shipped in the nvidia-pytriton wheel, on CPU, for built repositories.
 
-The recipe (shared/reference/triton-on-cpu.md): a backend folder holding the wheel's python backend
+The recipe: a backend folder holding the wheel's python backend
 plus the stub for the running Python; LD_LIBRARY_PATH with the interpreter's LIBDIR first (the stub
 must find this libpython, not the system's) and then nvidia_pytriton.libs; PYTHONPATH set to this
 environment's site-packages so that model.py can import torch and transformers.

@@ -2,8 +2,8 @@
 
 The HPA follows pkg/controller/podautoscaler (calcPlainMetricReplicas,
 GetExternalPerPodMetricReplicas, stabilizeRecommendationWithBehaviors,
-convertDesiredReplicasWithBehaviorRate) with the autoscaling/v2 default behaviors. See
-shared/reference/autoscaling.md section 1 for the sources.
+convertDesiredReplicasWithBehaviorRate) in kubernetes/kubernetes, with the autoscaling/v2 default behaviors
+(https://kubernetes.io/docs/tasks/run-application/horizontal-pod-autoscale/#default-behavior).
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 Each replica is one model instance behind Triton's dynamic batcher: when the instance is free it
 takes up to `max_batch_size` queued requests and runs them as one `generate()` call, so every
-request of a batch completes when the batch does (the naive python-backend model of
-shared/reference/triton-on-cpu.md). Requests are routed round-robin (kube-proxy IPVS default)
+request of a batch completes when the batch does (the static python-backend engine, one batch per
+`execute`). Requests are routed round-robin (kube-proxy IPVS default)
 to ready replicas when they arrive and queue inside that replica; a replica being removed takes
 no new requests and finishes its queue first. New replicas become ready after a cold start.
 
