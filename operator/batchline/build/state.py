@@ -16,8 +16,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from batchline.build.catalogue import CacheEntry
-from batchline.timestamps import rfc3339
+from batchline.conditions import Reason
 from batchline.observed import BuildPodView, JobView
+from batchline.timestamps import rfc3339
 
 READY, BUILDING, FAILED = "Ready", "Building", "Failed"
 
@@ -35,13 +36,14 @@ class BuildState:
     record: CacheEntry | None = None  # a finished build to add to the catalogue
     retry_at: str | None = None
     seconds: float | None = None  # how long the finished attempt ran
+    entry: CacheEntry | None = None  # the build's catalogue entry, once it is in the cache
 
-    def status(self, entry: CacheEntry | None) -> dict[str, Any]:
+    def status(self) -> dict[str, Any]:
         """status.build: what a user reads to follow the build and judge its result."""
         out: dict[str, Any] = {"key": self.key, "phase": self.phase, "message": self.message}
         optional = {"job": self.job, "attempt": self.attempt or None, "retryAt": self.retry_at}
         out |= {k: v for k, v in optional.items() if v is not None}
-        found = entry or self.record
+        found = self.entry or self.record
         if found is not None and found.summary:
             out["report"] = report_fields(found.summary)
         return out
@@ -96,13 +98,13 @@ def decide(
     retry_base_seconds: float,
 ) -> BuildState:
     if entry is not None:
-        return BuildState(key, READY, "Cached", f"Build {key} is in the model cache.")
+        return BuildState(key, READY, Reason.CACHED, f"Build {key} is in the model cache.", entry=entry)
     if not jobs:
-        return BuildState(key, BUILDING, "BuildPending", f"Starting build {key}.", attempt=1, start_attempt=1)
+        return BuildState(key, BUILDING, Reason.BUILD_PENDING, f"Starting build {key}.", attempt=1, start_attempt=1)
     job = max(jobs, key=lambda j: j.attempt)
     job_pods = sorted((p for p in pods if p.job == job.name), key=lambda p: p.created)
     newest = job_pods[-1] if job_pods else None
-    base = BuildState(key, BUILDING, "Building", "", attempt=job.attempt, job=job.name)
+    base = BuildState(key, BUILDING, Reason.BUILDING, "", attempt=job.attempt, job=job.name)
     started, finished = _epoch(job.start_time), _epoch(job.finished_at)
     if started is not None and finished is not None:
         base = replace(base, seconds=max(finished - started, 0.0))
@@ -116,13 +118,13 @@ def decide(
     if job.finished == "Complete":
         summary = next((s for p in reversed(job_pods) if (s := _summary(p.message))), None)
         record = CacheEntry(key, job.finished_at or rfc3339(now), summary or {})
-        return replace(base, phase=READY, reason="Built", message=f"Job {job.name} built {key}.", record=record)
+        return replace(base, phase=READY, reason=Reason.BUILT, message=f"Job {job.name} built {key}.", record=record)
     # The builder's own words first (its termination message), else why its pod never ran, else the Job's.
     failed = [p for p in job_pods if p.phase == "Failed" and p.message]
     stuck = [p for p in job_pods if p.message]
     cause = failed[-1].message if failed else f"{stuck[-1].message} ({job.message})" if stuck else job.message
     retry = (finished or now) + retry_delay(job.attempt, retry_base_seconds)
-    base = replace(base, phase=FAILED, reason="BuildFailed")
+    base = replace(base, phase=FAILED, reason=Reason.BUILD_FAILED)
     message = f"Build {key} failed (attempt {job.attempt}): {cause}"
     if now >= retry:
         return replace(base, message=f"{message} Retrying now.", start_attempt=job.attempt + 1, delete_job=job.name)
