@@ -31,7 +31,7 @@ from tests.chart.chart import (
 NAMESPACED = CHART / "ci" / "namespaced-values.yaml"
 STANDALONE = CHART / "ci" / "standalone-values.yaml"
 # Custom resources that have no schema offline; the cluster tests apply the kopf ones for real.
-NO_OFFLINE_SCHEMA = {"ClusterKopfPeering", "KopfPeering", "PodMonitor", "ServiceMonitor"}
+NO_OFFLINE_SCHEMA = {"ClusterKopfPeering", "KopfPeering", "PodMonitor", "ServiceMonitor", "PrometheusRule"}
 
 
 def _parse_operator_args(manifests: list[Manifest], pod_index: str = "1") -> argparse.Namespace:
@@ -71,7 +71,7 @@ def test_default_and_namespaced_render_the_expected_objects() -> None:
     assert namespaced == sorted(["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "Role", "RoleBinding",
                                  "RoleBinding", "Service", "StatefulSet", "PodDisruptionBudget", "KopfPeering",
                                  "KopfPeering", "PersistentVolumeClaim", "PersistentVolumeClaim", "ConfigMap",
-                                 "ServiceMonitor", "PodMonitor", "NetworkPolicy"])
+                                 "ServiceMonitor", "PodMonitor", "PrometheusRule", "NetworkPolicy"])
 
 
 @pytest.mark.parametrize(
@@ -105,6 +105,10 @@ def test_operator_reads_the_settings_the_chart_sets() -> None:
     assert variables["BATCHLINE_EXAMPLE_SETTING"] == "on"
     assert variables["HF_HUB_OFFLINE"] == "1"
     assert "BATCHLINE_METRICS_PORT" not in env(render([STANDALONE]))
+    # Workload pods: the pull secrets, the checker image and the labels of the operator's PodMonitors.
+    assert config.image_pull_secrets == ("regcred",)
+    assert config.checker_image == "registry.example/batchline-checker:0.1.0"
+    assert config.monitor_labels == (("release", "kube-prometheus-stack"),)
 
 
 def test_default_values_give_the_operators_own_defaults() -> None:
@@ -259,6 +263,24 @@ def test_triton_pod_monitor_selects_and_labels_like_the_operators_own() -> None:
     # The same target labels as the operator's per-object PodMonitors, so queries work with either.
     assert monitor["spec"]["podTargetLabels"] == own["spec"]["podTargetLabels"]
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+
+
+def test_every_monitor_carries_the_monitoring_labels() -> None:
+    """kube-prometheus-stack selects monitors and rules by its release label: monitoring.labels puts it on the
+    chart's ServiceMonitor, PodMonitor and PrometheusRule and, through the operator, on its own PodMonitors."""
+    from batchline.resources.serving import pod_monitor
+
+    sets = ["monitoring.labels.release=kps", "metrics.serviceMonitor.enabled=true", "tritonPodMonitor.enabled=true",
+            "monitoring.prometheusRule.enabled=true", "metrics.serviceMonitor.additionalLabels.only=sm"]
+    manifests = render(sets=sets)
+    monitors = [m for m in manifests if m["kind"] in ("ServiceMonitor", "PodMonitor", "PrometheusRule")]
+    assert sorted(m["kind"] for m in monitors) == ["PodMonitor", "PrometheusRule", "ServiceMonitor"]
+    for monitor in monitors:
+        assert monitor["metadata"]["labels"]["release"] == "kps", monitor["kind"]
+    assert one(manifests, "ServiceMonitor")["metadata"]["labels"]["only"] == "sm"
+    config = OperatorConfig.from_env({k: v for k, v in env(manifests).items() if isinstance(v, str)})
+    own = pod_monitor({"metadata": {"name": "chat", "namespace": "llm", "uid": "u"}}, config)
+    assert own["metadata"]["labels"]["release"] == "kps"
 
 
 def test_model_cache_claims() -> None:

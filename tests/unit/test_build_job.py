@@ -182,3 +182,19 @@ def test_an_oom_killed_build_says_the_memory_it_had_and_which_field_to_raise() -
     assert "set spec.build.resources.memory higher (e.g. 4Gi)" in problem.message
     big = build_pod_problem(_build_pod(TOKEN_ENV, killed, memory="1.5Ti"))
     assert big is not None and "at 1.5Ti" in big.message and "(e.g. 3Ti)" in big.message
+
+
+def test_build_and_clean_up_jobs_get_the_pull_secrets_for_their_images() -> None:
+    cfg = OperatorConfig(image_pull_secrets=("regcred",))
+    a = llmd(name="a", imagePullSecrets=[{"name": "team-a"}])
+    b = llmd(name="b", imagePullSecrets=[{"name": "team-b"}, {"name": "regcred"}])
+    pod = build_job([b, a], a["spec"], "k1", 1, cfg)["spec"]["template"]["spec"]
+    # The chart's first, then each owner's (by name), each once: the same list whichever owner reconciles.
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}, {"name": "team-a"}, {"name": "team-b"}]
+    assert build_job([a, b], b["spec"], "k1", 1, cfg)["spec"]["template"] == build_job(
+        [b, a], a["spec"], "k1", 1, cfg)["spec"]["template"]
+    assert "imagePullSecrets" not in build_job([llmd()], llmd()["spec"], "k1", 1, CFG)["spec"]["template"]["spec"]
+    gc = gc_job("team-a", ["old"], cfg)["spec"]["template"]["spec"]
+    assert gc["imagePullSecrets"] == [{"name": "regcred"}]
+    assert gc["containers"][0]["image"] == cfg.checker_image
+    assert "imagePullSecrets" not in gc_job("team-a", ["old"], CFG)["spec"]["template"]["spec"]

@@ -123,8 +123,54 @@ def test_triton_starts_only_after_the_init_step_checks_the_build() -> None:
     pod = _pod(llmd())
     check = pod["initContainers"][0]
     assert check["args"][:3] == ["cache", "check", f"/models/{KEY}"]
-    assert check["image"] == CFG.builder_image
+    assert check["image"] == CFG.checker_image != CFG.builder_image
     assert {"name": "model-cache", "mountPath": "/models", "readOnly": True} in check["volumeMounts"]
     assert check["securityContext"]["runAsNonRoot"] is True
     template = serving.deployment(llmd(), 1, CFG, KEY)["spec"]["template"]
     assert template["metadata"]["annotations"][api.ANNOTATION_BUILD_KEY] == KEY
+
+
+def test_a_new_builder_image_changes_no_triton_pod() -> None:
+    """Upgrading the chart's builder image must not roll every model: no Triton pod runs it."""
+    bumped = OperatorConfig(builder_image="ghcr.io/batchline/batchline-builder:9.9.9")
+    assert serving.deployment(llmd(), 2, bumped, KEY) == serving.deployment(llmd(), 2, CFG, KEY)
+    checker = OperatorConfig(checker_image="registry.example/batchline-checker:0.2.0")
+    pod = serving.deployment(llmd(), 2, checker, KEY)["spec"]["template"]["spec"]
+    assert pod["initContainers"][0]["image"] == "registry.example/batchline-checker:0.2.0"
+
+
+def test_triton_pods_get_the_charts_and_the_specs_pull_secrets() -> None:
+    assert "imagePullSecrets" not in _pod(llmd())
+    cfg = OperatorConfig(image_pull_secrets=("regcred", "mirror"))
+    obj = llmd(serving={"image": "registry.example/triton:1"}, imagePullSecrets=[{"name": "team"}, {"name": "regcred"}])
+    pod = serving.deployment(obj, 1, cfg, KEY)["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}, {"name": "mirror"}, {"name": "team"}]
+    only_spec = serving.deployment(llmd(imagePullSecrets=[{"name": "team"}]), 1, CFG, KEY)["spec"]["template"]["spec"]
+    assert only_spec["imagePullSecrets"] == [{"name": "team"}]
+
+
+def test_pod_monitor_carries_the_labels_prometheus_selects_on() -> None:
+    cfg = OperatorConfig(monitor_labels=(("release", "kube-prometheus-stack"),), pod_monitors=True)
+    [monitor] = [k for k in serving.children(llmd(name="chat"), 1, cfg, serving_key=KEY) if k["kind"] == "PodMonitor"]
+    labels = monitor["metadata"]["labels"]
+    assert labels["release"] == "kube-prometheus-stack"
+    assert labels[api.LABEL_LLMD] == "chat" and labels["app.kubernetes.io/instance"] == "chat"
+    # A monitoring label never replaces one that names the LLMDeployment.
+    clash = OperatorConfig(monitor_labels=(("app.kubernetes.io/instance", "x"),))
+    assert serving.pod_monitor(llmd(name="chat"), clash)["metadata"]["labels"]["app.kubernetes.io/instance"] == "chat"
+    assert "release" not in serving.pod_monitor(llmd(name="chat"), CFG)["metadata"]["labels"]
+
+
+def test_settings_the_chart_passes_for_workloads() -> None:
+    env = {
+        "BATCHLINE_IMAGE_PULL_SECRETS": "regcred, mirror,,regcred",
+        "BATCHLINE_MONITOR_LABELS": '{"release": "kube-prometheus-stack"}',
+        "BATCHLINE_CHECKER_IMAGE": "registry.example/checker:1.0.0",
+    }
+    cfg = OperatorConfig.from_env(env)
+    assert cfg.image_pull_secrets == ("regcred", "mirror")
+    assert cfg.monitor_labels == (("release", "kube-prometheus-stack"),)
+    assert cfg.checker_image == "registry.example/checker:1.0.0"
+    assert OperatorConfig.from_env({"BATCHLINE_IMAGE_PULL_SECRETS": "", "BATCHLINE_MONITOR_LABELS": "{}"}) == CFG
+    hash(cfg)  # the reconcile pass keys its cache on the config
+

@@ -30,6 +30,24 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: batchline
 {{- end }}
 
+{{/* Labels a Prometheus selects monitors and rules by: monitoring.labels, then the object's own
+additionalLabels (which win). Called with (dict "root" $ "extra" <map>); renders nothing when both are empty. */}}
+{{- define "batchline.monitorLabels" -}}
+{{- $labels := merge (deepCopy (default (dict) .extra)) (default (dict) .root.Values.monitoring.labels) }}
+{{- with $labels }}
+{{- toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* workloadImagePullSecrets as the comma-separated names the operator reads. */}}
+{{- define "batchline.workloadPullSecretNames" -}}
+{{- $names := list }}
+{{- range .Values.workloadImagePullSecrets }}
+{{- $names = append $names .name }}
+{{- end }}
+{{- join "," $names }}
+{{- end }}
+
 {{- define "batchline.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "batchline.fullname" .) .Values.serviceAccount.name }}

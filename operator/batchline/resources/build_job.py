@@ -17,6 +17,7 @@ from batchline.resources.common import (
     MODEL_MOUNT,
     RESTRICTED_CONTAINER,
     Manifest,
+    image_pull_secrets,
     model_cache_volume,
     owner_reference,
     restricted_pod_security,
@@ -79,6 +80,11 @@ def builder_args(spec: Mapping[str, Any], key: str, source: str) -> list[str]:
     return args
 
 
+def _owners(owners: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The owners a Job names: the first MAX_OWNERS by name."""
+    return sorted(owners, key=lambda o: o["metadata"]["name"])[:MAX_OWNERS]
+
+
 def token_env(spec: Mapping[str, Any], config: OperatorConfig) -> dict[str, Any]:
     """HF_TOKEN from spec.model.tokenSecretRef: required, so a missing Secret or key holds the pod
     (CreateContainerConfigError, see build.state.build_pod_problem); else the chart-wide Secret, if any."""
@@ -135,6 +141,10 @@ def build_job(
             *volumes,
         ],
     }
+    # The chart's secrets (the builder image is the chart's), then those in the named owners' spec.imagePullSecrets.
+    # A Job's template is immutable: an owner that joins a running build with secrets of its own changes it.
+    if pull_secrets := image_pull_secrets(config, [o["spec"] for o in _owners(owners)]):
+        pod_spec["imagePullSecrets"] = pull_secrets
     if gpu:
         pod_spec["tolerations"] = [{"key": api.GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
     return {
@@ -145,10 +155,7 @@ def build_job(
             "namespace": namespace,
             "labels": labels,
             "annotations": {api.ANNOTATION_BUILD_ATTEMPT: str(attempt)},
-            "ownerReferences": [
-                owner_reference(o, controller=False)
-                for o in sorted(owners, key=lambda o: o["metadata"]["name"])[:MAX_OWNERS]
-            ],
+            "ownerReferences": [owner_reference(o, controller=False) for o in _owners(owners)],
         },
         "spec": {
             "backoffLimit": config.build_backoff_limit,

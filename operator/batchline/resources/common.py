@@ -1,9 +1,10 @@
 """What the objects Batchline makes share: owner references, the restricted pod security profile, the
-model-cache volume and the small helper containers that run `batchline cache` in the builder image."""
+model-cache volume, image pull secrets and the small helper containers that run `batchline cache` in the
+checker image."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from batchline import api
@@ -56,14 +57,25 @@ def model_cache_volume(config: OperatorConfig, namespace: str, read_only: bool) 
     }
 
 
+def image_pull_secrets(config: OperatorConfig, specs: Iterable[Mapping[str, Any]] = ()) -> list[dict[str, str]]:
+    """A pod's imagePullSecrets: the chart's (config.image_pull_secrets), then those of each LLMDeployment
+    spec in `specs` (spec.imagePullSecrets), each name once, in that order."""
+    names = list(config.image_pull_secrets)
+    for spec in specs:
+        names += [ref["name"] for ref in spec.get("imagePullSecrets") or [] if ref.get("name")]
+    return [{"name": name} for name in dict.fromkeys(names)]
+
+
 def cache_tool_container(name: str, args: list[str], config: OperatorConfig, read_only: bool) -> dict[str, Any]:
-    """A small container that runs `batchline cache ...` on the cache volume, mounted at MODEL_MOUNT."""
+    """A small container that runs `batchline cache ...` on the cache volume, mounted at MODEL_MOUNT.
+
+    It runs the checker image, not the builder's, so that a new builder image leaves every Triton pod as it is."""
     mount: dict[str, Any] = {"name": "model-cache", "mountPath": MODEL_MOUNT}
     if read_only:
         mount["readOnly"] = True
     return {
         "name": name,
-        "image": config.builder_image,
+        "image": config.checker_image,
         "command": ["batchline"],
         "args": ["cache", *args, "--termination-log=/dev/termination-log"],
         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},

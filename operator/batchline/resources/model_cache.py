@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Collection
+from typing import Any
 
 from batchline import api
 from batchline.config import OperatorConfig
@@ -12,6 +13,7 @@ from batchline.resources.common import (
     MODEL_MOUNT,
     Manifest,
     cache_tool_container,
+    image_pull_secrets,
     model_cache_volume,
     restricted_pod_security,
 )
@@ -36,9 +38,20 @@ def gc_job_name(keys: Collection[str]) -> str:
 
 
 def gc_job(namespace: str, keys: Collection[str], config: OperatorConfig) -> Manifest:
-    """A Job that deletes the builds of `keys` from the cache volume (builds that no other key uses)."""
+    """A Job that deletes the builds of `keys` from the cache volume (builds that no other key uses).
+
+    It runs the chart's checker image, so it gets the chart's image pull secrets (it belongs to no LLMDeployment)."""
     labels = {api.LABEL_CACHE: "gc", api.LABEL_MANAGED_BY: api.MANAGED_BY}
     container = cache_tool_container("gc", ["gc", MODEL_MOUNT, *sorted(keys)], config, read_only=False)
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "securityContext": restricted_pod_security(BUILDER_UID),
+        "containers": [container],
+        "volumes": [model_cache_volume(config, namespace, read_only=False)],
+    }
+    if pull_secrets := image_pull_secrets(config):
+        pod_spec["imagePullSecrets"] = pull_secrets
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -47,15 +60,6 @@ def gc_job(namespace: str, keys: Collection[str], config: OperatorConfig) -> Man
             "backoffLimit": 2,
             "activeDeadlineSeconds": 600,
             "ttlSecondsAfterFinished": 600,
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "automountServiceAccountToken": False,
-                    "securityContext": restricted_pod_security(BUILDER_UID),
-                    "containers": [container],
-                    "volumes": [model_cache_volume(config, namespace, read_only=False)],
-                },
-            },
+            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
         },
     }  # fmt: skip
