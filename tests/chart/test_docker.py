@@ -7,6 +7,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import subprocess
+import sys
 import tomllib
 from dataclasses import dataclass
 from fnmatch import fnmatch
@@ -14,12 +16,18 @@ from pathlib import Path
 
 import pytest
 
-from batchline.cli import SUBCOMMAND_MODULES
-from tests.chart.chart import REPO, container, one, render
+from batchline.config import OperatorConfig
+from batchline.resources.serving import deployment
+from tests.chart.chart import REPO, container, env, one, render
+from tests.crd_schema import llmd
 
 DOCKER = REPO / "docker"
 DOCKERFILES = sorted(DOCKER.glob("*.Dockerfile"))
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+# `batchline SUBCOMMAND` -> the module that registers it (the batchline.commands entry points).
+SUBCOMMAND_MODULES: dict[str, str] = PYPROJECT["project"]["entry-points"]["batchline.commands"]
+# pip options an image's install may use: none of them adds a package.
+PIP_OPTIONS = {"--no-deps"}
 VENV_BIN = "/opt/batchline/bin/"
 PINNED = re.compile(r"^[\w./-]+(:[\w.-]*\d+\.\d+\.\d+[\w.-]*)?(@sha256:[0-9a-f]{64})?$")
 
@@ -92,8 +100,8 @@ def dockerfile(request: pytest.FixtureRequest) -> Path:
     return path
 
 
-def test_both_images_exist() -> None:
-    assert {d.stem for d in DOCKERFILES} == {"operator", "builder"}
+def test_the_three_images_exist() -> None:
+    assert {d.stem for d in DOCKERFILES} == {"operator", "builder", "checker"}
 
 
 def test_base_images_are_pinned(dockerfile: Path) -> None:
@@ -139,6 +147,9 @@ def test_run_commands_use_what_the_project_defines(dockerfile: Path) -> None:
             tool = words[0].removeprefix(VENV_BIN)
             if tool == "pip":
                 for target in words[2:]:
+                    if target.startswith("--"):
+                        assert target in PIP_OPTIONS, target
+                        continue
                     assert target.startswith("."), target  # only this project, never an unpinned extra package
                     assert set(re.findall(r"\[([\w,-]+)\]", target)[0].split(",") if "[" in target else []) <= extras
             else:
@@ -158,3 +169,75 @@ def test_chart_runs_the_operator_image_entrypoint() -> None:
     [cmd] = [exec_form(i.args) for i in stage if i.keyword == "CMD"]
     c = container(render())
     assert c["command"] == entrypoint and c["args"][0] == cmd[0]
+
+
+def _pip_installs(dockerfile: Path) -> list[list[str]]:
+    steps = [step.replace("'", "").split() for ins in parse(dockerfile) if ins.keyword == "RUN"
+             for step in re.split(r"&&|;", ins.args)]
+    return [words[2:] for words in steps if words[:2] == [f"{VENV_BIN}pip", "install"]]
+
+
+def test_checker_image_is_the_project_without_dependencies() -> None:
+    """No torch, no kopf: `pip install --no-deps .`, no extras, and its entrypoint runs `batchline cache`."""
+    assert _pip_installs(DOCKER / "checker.Dockerfile") == [["--no-deps", "."]]
+    stage = final_stage(parse(DOCKER / "checker.Dockerfile"))
+    [entrypoint] = [exec_form(i.args) for i in stage if i.keyword == "ENTRYPOINT"]
+    [cmd] = [exec_form(i.args) for i in stage if i.keyword == "CMD"]
+    assert entrypoint == ["batchline"] and cmd[0] == "cache"
+
+
+def _run_without_dependencies(tmp_path: Path, argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """`batchline ARGV` as the checker image runs it: this project's modules and its entry points, and
+    nothing outside the standard library (no site-packages at all: python -S)."""
+    dist = tmp_path / "site" / "batchline-0.0.0.dist-info"
+    dist.mkdir(parents=True, exist_ok=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: batchline\nVersion: 0.0.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[batchline.commands]\n" + "".join(f"{k} = {v}\n" for k, v in SUBCOMMAND_MODULES.items()))
+    code = (
+        "import sys\n"
+        "from batchline.cli import main\n"
+        f"rc = main({argv!r})\n"
+        "outside = {m.split('.')[0] for m in sys.modules} - set(sys.stdlib_module_names)\n"
+        "print('OUTSIDE', sorted(outside - {'__main__', 'batchline', 'model_repo_builder'}))\n"
+        "sys.exit(rc)\n"
+    )
+    return _isolated(tmp_path, code)
+
+
+def _isolated(tmp_path: Path, code: str) -> subprocess.CompletedProcess[str]:
+    path = f"{tmp_path / 'site'}:{REPO / 'operator'}:{REPO}"
+    return subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=60,
+                          cwd=tmp_path, env={"PYTHONPATH": path, "PATH": "/usr/bin:/bin"})
+
+
+def test_cache_commands_run_on_the_standard_library_alone(tmp_path: Path) -> None:
+    """What the checker image runs needs none of the project's dependencies (torch least of all)."""
+    cache = tmp_path / "cache"
+    (cache / "k1").mkdir(parents=True)
+    check = _run_without_dependencies(tmp_path, ["cache", "check", str(cache / "k1")])
+    assert check.returncode == 1 and "holds no finished build" in check.stderr, check.stderr
+    assert "OUTSIDE []" in check.stdout, check.stdout
+    gc = _run_without_dependencies(tmp_path, ["cache", "gc", str(cache), "k1"])
+    assert gc.returncode == 0 and "OUTSIDE []" in gc.stdout, gc.stdout + gc.stderr
+    # The harness has no dependency to fall back on: the operator's own modules fail to import there.
+    operator = _isolated(tmp_path, "import batchline.controller.handlers")
+    assert operator.returncode != 0 and "ModuleNotFoundError" in operator.stderr, operator.stderr
+
+
+def test_a_builder_image_bump_leaves_every_triton_pod_as_it_is() -> None:
+    """What `helm upgrade --set builder.image=...` changes for the operator, and that no Triton pod uses it."""
+    def config(sets: tuple[str, ...]) -> OperatorConfig:
+        values = render(sets=sets)
+        return OperatorConfig.from_env({k: v for k, v in env(values).items() if isinstance(v, str)})
+
+    before, after = config(()), config(("builder.image=ghcr.io/batchline/batchline-builder:9.9.9",))
+    assert after.builder_image != before.builder_image
+    obj = llmd()
+    assert deployment(obj, 2, after, "k1") == deployment(obj, 2, before, "k1")
+    # The checker's default tag is pinned in values.yaml, not derived from the chart's or the builder's.
+    assert before.checker_image == OperatorConfig().checker_image
+    assert config(("image.tag=9.9.9",)).checker_image == before.checker_image
+    [init] = deployment(obj, 2, before, "k1")["spec"]["template"]["spec"]["initContainers"]
+    assert init["image"] == before.checker_image and init["command"] == ["batchline"] and init["args"][0] == "cache"
+
