@@ -29,14 +29,14 @@ from .calibration_text import CALIBRATION_TEXT
 from .checkpoint import Checkpoint, ModelKind, hash_files, inspect_checkpoint
 from .content_key import compute_content_key
 from .errors import CheckpointError, UnsupportedModeError
-from .options import Backend, BuildOptions, Mode
+from .options import DEFAULT_THRESHOLDS, Backend, BuildOptions, Mode
 from .prune import prune_model, zero_fraction
 from .quality import MAX_EVAL_TOKENS, check_gate, evaluate
 from .quantize import check_supported, column_importance, fp8_weight_proxy, quantize_model
 from .report import REPORT_FILE, REPOSITORY_DIR, SCHEMA_VERSION, library_versions, read_report, write_report
 from .triton_config import WARMUP_FOLDER, python_model_config, render_config, warmup_files
 from .version import BUILDER_VERSION
-from .vllm_layout import write_vllm_model
+from .vllm_layout import check_tensor_parallel, write_vllm_model
 from .weights import save_weights, weight_bytes
 
 TEMPLATE = Path(__file__).parent / "templates" / "model.py"
@@ -70,8 +70,9 @@ def build(source: str | Path, output_root: str | Path, options: BuildOptions | N
     leaving nothing behind, when the checkpoint, the mode or the quality is not right.
     """
     options = options or BuildOptions()
-    check_supported(options.mode, options.backend)
+    check_supported(Mode.NONE if options.mode is Mode.FP32 else options.mode, options.backend)
     checkpoint = inspect_checkpoint(str(source))
+    check_tensor_parallel(options, checkpoint.config)
     if options.backend is Backend.VLLM and checkpoint.kind is not ModelKind.CAUSAL_LM:
         raise UnsupportedModeError("the vLLM layout serves text generation; build encoders with --backend python")
     key = compute_content_key(checkpoint.file_hashes, options)
@@ -123,8 +124,11 @@ def _build_into(staging: Path, checkpoint: Checkpoint, key: str, options: BuildO
     reference = _load_reference(checkpoint, device)
     candidate = copy.deepcopy(reference.model)
     pruning = prune_model(candidate, options.sparsity)
-    # vLLM quantizes fp8 itself at load time; the repository carries bf16 weights for it.
-    mode = Mode.BF16 if vllm_fp8 else options.mode
+    # vLLM quantizes fp8 itself at load time; the repository carries bf16 weights for it. none stores the
+    # checkpoint's dtype where it is served on GPUs, float32 on CPU; fp32 float32 (options.float_mode).
+    mode = Mode.BF16 if vllm_fp8 else options.float_mode(checkpoint.dtype)
+    # none judged by the limits of the precision it stores (a bf16 checkpoint served in bf16: bf16's).
+    thresholds = options.quality or DEFAULT_THRESHOLDS[options.float_mode(checkpoint.dtype)]
     importance = None
     if mode is Mode.INT4_WEIGHT_ONLY:
         context = int(getattr(reference.model.config, "max_position_embeddings", MAX_EVAL_TOKENS))
@@ -146,9 +150,9 @@ def _build_into(staging: Path, checkpoint: Checkpoint, key: str, options: BuildO
         fp8_weight_proxy(served.model)
         measured_on = "CPU proxy: fp8 weights (torchao Float8WeightOnlyConfig); vLLM also quantizes activations"
     metrics = evaluate(reference, served)
-    check_gate(metrics, options.thresholds, str(options.mode))
+    check_gate(metrics, thresholds, str(options.mode))
     if options.backend is Backend.VLLM:
-        write_vllm_model(model_dir, options)
+        write_vllm_model(model_dir, options, checkpoint.dtype)
     else:
         _write_python_model(model_dir, checkpoint.kind, options, int(reference.model.config.hidden_size))
     fp32_bytes = _unique_fp32_bytes(reference.model)
@@ -169,7 +173,7 @@ def _build_into(staging: Path, checkpoint: Checkpoint, key: str, options: BuildO
         "pruning": {**pruning.to_dict(), "served_zero_fraction": zero_fraction(served.model)},
         "quality": {
             **metrics,
-            "thresholds": dataclasses.asdict(options.thresholds),
+            "thresholds": dataclasses.asdict(thresholds),
             "passed": True,
             "measured_on": measured_on,
         },

@@ -17,6 +17,9 @@ WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json")
 # Encoders served as sentence embedders (mean pooling); decoders go through the causal-LM list.
 ENCODER_MODEL_TYPES = frozenset({"bert", "roberta", "xlm-roberta", "distilbert", "mpnet", "electra"})
+FLOAT_DTYPES = ("float32", "float16", "bfloat16")
+# safetensors header dtypes of the float formats, and their bytes per element
+_SAFETENSORS_FLOATS = {"F32": ("float32", 4), "F16": ("float16", 2), "BF16": ("bfloat16", 2)}
 
 
 class ModelKind(StrEnum):
@@ -41,6 +44,16 @@ class Checkpoint:
     @property
     def weights_bytes(self) -> int:
         return sum(path.stat().st_size for path in self.weight_files)
+
+    @property
+    def dtype(self) -> str:
+        """The checkpoint's float precision: config.json's `dtype` (`torch_dtype` before transformers 4.56),
+        else the float dtype holding most bytes in the safetensors files, else float32 (as transformers loads)."""
+        for field in ("dtype", "torch_dtype"):
+            declared = str(self.config.get(field) or "").removeprefix("torch.")
+            if declared in FLOAT_DTYPES:
+                return declared
+        return _safetensors_dtype(self.path) or "float32"
 
 
 def resolve_source(source: str) -> Path:
@@ -146,6 +159,24 @@ def _read_config(path: Path) -> dict[str, Any]:
 
 def _weight_files(path: Path) -> list[Path]:
     return sorted(file for pattern in WEIGHT_PATTERNS for file in path.glob(pattern))
+
+
+def _safetensors_dtype(path: Path) -> str | None:
+    """The float dtype with the most bytes over the safetensors headers (8-byte length, then JSON)."""
+    counts: dict[str, int] = {}
+    for file in sorted(path.glob("*.safetensors")):
+        try:
+            with file.open("rb") as handle:
+                header = json.loads(handle.read(int.from_bytes(handle.read(8), "little")))
+        except (OSError, ValueError):
+            continue
+        for name, tensor in header.items():
+            if name != "__metadata__" and (found := _SAFETENSORS_FLOATS.get(tensor.get("dtype", ""))):
+                elements = 1
+                for size in tensor.get("shape", []):
+                    elements *= int(size)
+                counts[found[0]] = counts.get(found[0], 0) + elements * found[1]
+    return max(counts, key=lambda dtype: counts[dtype]) if counts else None
 
 
 def _check_safetensors_headers(path: Path) -> None:

@@ -32,7 +32,13 @@ def register(subparsers: Any) -> None:
         "source", help="checkpoint folder, or hf://org/name@revision (honours HF_TOKEN and HF_HUB_OFFLINE)"
     )
     parser.add_argument("output_root", help="folder that holds one sub-folder per build key")
-    parser.add_argument("--mode", choices=[str(m) for m in Mode], default=str(Mode.NONE))
+    parser.add_argument(
+        "--mode",
+        choices=[str(m) for m in Mode],
+        default=str(Mode.NONE),
+        help="none keeps the checkpoint's dtype for GPUs (vllm, KIND_GPU) and serves float32 on KIND_CPU; "
+        "fp32 is float32 everywhere",
+    )
     parser.add_argument("--backend", choices=[str(b) for b in Backend], default=str(Backend.PYTHON))
     parser.add_argument("--model-name", default="model")
     parser.add_argument("--group-size", type=int, default=32, help="int4 group size (32, 64, 128, 256)")
@@ -67,6 +73,12 @@ def register(subparsers: Any) -> None:
         help="int8/int4-weight-only: serve float32 weights de-quantized at load (fast on CPU, float32 memory)",
     )
     serving.add_argument("--vllm-model-root", default="/models", help="where the vLLM container mounts the repository")
+    serving.add_argument(
+        "--tensor-parallel-size",
+        type=int,
+        default=1,
+        help="vllm backend: GPUs per pod that one engine splits the model over (model.json tensor_parallel_size)",
+    )
     gate = parser.add_argument_group("quality gate (defaults depend on --mode)")
     gate.add_argument("--max-perplexity-increase", type=float, help="relative, e.g. 0.02 for 2%%")
     gate.add_argument("--min-top1-agreement", type=float)
@@ -108,6 +120,7 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
         vllm_model_root=args.vllm_model_root,
         sparsity=args.sparsity,
         dequantize_at_load=args.dequantize_at_load,
+        tensor_parallel_size=args.tensor_parallel_size,
     )
 
 

@@ -13,7 +13,10 @@ from typing import Any
 
 
 class Mode(StrEnum):
+    # none keeps the checkpoint's float dtype where it is served on GPUs and serves float32 on CPU
+    # (CPU half-precision matmuls are slow); fp32 is float32 everywhere. See BuildOptions.float_mode.
     NONE = "none"
+    FP32 = "fp32"
     FP16 = "fp16"
     BF16 = "bf16"
     INT8_WEIGHT_ONLY = "int8-weight-only"
@@ -71,6 +74,7 @@ class QualityThresholds:
 # Defaults are loose enough for tiny random models and tight enough to catch a broken quantizer.
 DEFAULT_THRESHOLDS: dict[Mode, QualityThresholds] = {
     Mode.NONE: QualityThresholds(0.001, 0.999, 0.9999),
+    Mode.FP32: QualityThresholds(0.001, 0.999, 0.9999),
     Mode.FP16: QualityThresholds(0.01, 0.97, 0.999),
     Mode.BF16: QualityThresholds(0.02, 0.93, 0.995),
     Mode.INT8_WEIGHT_ONLY: QualityThresholds(0.02, 0.93, 0.99),
@@ -103,6 +107,8 @@ class BuildOptions:
     # Packed modes: the server de-quantizes the weights once at load into float32 layers (float32
     # memory, float32 decode speed) instead of on every call (small memory, slower on CPU).
     dequantize_at_load: bool = False
+    # vllm backend: GPUs one engine splits the model over (vLLM's tensor_parallel_size).
+    tensor_parallel_size: int = 1
 
     def __post_init__(self) -> None:
         if not self.model_name or not all(c.isalnum() or c in "-_." for c in self.model_name):
@@ -111,6 +117,12 @@ class BuildOptions:
             raise ValueError("group_size must be 32, 64, 128 or 256")
         if self.instance_count < 1:
             raise ValueError("instance_count must be at least 1")
+        if self.tensor_parallel_size < 1:
+            raise ValueError("tensor_parallel_size must be at least 1")
+        if self.tensor_parallel_size > 1 and self.backend is not Backend.VLLM:
+            raise ValueError(
+                "tensor_parallel_size > 1 needs the vllm backend; the python backend loads a full copy on each GPU"
+            )
         if not (isinstance(self.sparsity, int | float) and 0.0 <= self.sparsity < 1.0):
             raise ValueError(
                 f"sparsity must be a number in [0, 1) (the fraction of weights to zero), got {self.sparsity!r}"
@@ -122,6 +134,18 @@ class BuildOptions:
                 f"dequantize_at_load applies to modes {[str(m) for m in PACKED_MODES]}; mode {self.mode} "
                 "is not stored packed"
             )
+
+    def float_mode(self, checkpoint_dtype: str) -> Mode:
+        """The float format of a none or fp32 build, as the float mode that stores it: fp32 -> NONE (which
+        quantize.py stores as float32); none -> the checkpoint's own dtype (BF16, FP16 or NONE) where it
+        is served on GPUs (the vllm backend, or KIND_GPU instances), NONE (float32) on CPU."""
+        if self.mode is Mode.FP32:
+            return Mode.NONE
+        if self.mode is not Mode.NONE:
+            return self.mode
+        on_gpu = self.backend is Backend.VLLM or self.instance_kind is InstanceKind.GPU
+        halves = {"bfloat16": Mode.BF16, "float16": Mode.FP16}
+        return halves.get(checkpoint_dtype, Mode.NONE) if on_gpu else Mode.NONE
 
     @property
     def thresholds(self) -> QualityThresholds:

@@ -3,7 +3,9 @@
 vLLM does its own in-flight batching, so Triton's batching is off (max_batch_size 0) and the model is
 decoupled, as the vllm_backend requires. For fp8, the weights are stored in bf16 and model.json asks
 vLLM for `"quantization": "fp8"`, which quantizes them on the GPU at load (compute capability >= 8.9).
-This layout cannot be served on CPU.
+This layout cannot be served on CPU. Several GPUs per pod run one engine that splits the model over
+them (`tensor_parallel_size`), so a model larger than one GPU fits; vLLM needs the attention heads
+divisible by it, which `check_tensor_parallel` checks before the build does any work.
 """
 
 from __future__ import annotations
@@ -12,18 +14,22 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .errors import UnsupportedModeError
 from .options import BuildOptions, Mode
 from .triton_config import ModelConfig, render_config
 
+# vLLM's dtype per float mode (the stored weights' dtype; fp8 is quantized from bf16 at load)
 VLLM_DTYPES = {Mode.NONE: "float32", Mode.FP16: "float16", Mode.BF16: "bfloat16", Mode.FP8: "bfloat16"}
 
 
-def vllm_engine_args(options: BuildOptions) -> dict[str, Any]:
-    """model.json: the model path is where the serving container mounts the repository."""
+def vllm_engine_args(options: BuildOptions, checkpoint_dtype: str = "float32") -> dict[str, Any]:
+    """model.json: the model path is where the serving container mounts the repository; none serves the
+    checkpoint's dtype, fp32 float32."""
     args: dict[str, Any] = {
         "model": f"{options.vllm_model_root.rstrip('/')}/{options.model_name}/1/weights",
-        "dtype": VLLM_DTYPES[options.mode],
+        "dtype": VLLM_DTYPES[options.float_mode(checkpoint_dtype)],
         "gpu_memory_utilization": 0.9,
+        "tensor_parallel_size": options.tensor_parallel_size,
     }
     if options.mode is Mode.FP8:
         args["quantization"] = "fp8"
@@ -42,7 +48,25 @@ def vllm_model_config(options: BuildOptions) -> ModelConfig:
     )
 
 
-def write_vllm_model(model_dir: Path, options: BuildOptions) -> None:
+def check_tensor_parallel(options: BuildOptions, config: dict[str, Any]) -> None:
+    """Refuses a tensor parallel size that vLLM cannot split this model's attention over: it must divide
+    the attention heads, and divide or be a multiple of the key/value heads (vLLM replicates them)."""
+    size = options.tensor_parallel_size
+    if size == 1:
+        return
+    text = config.get("text_config") or config
+    heads = int(text.get("num_attention_heads") or text.get("n_head") or 0)
+    kv_heads = int(text.get("num_key_value_heads") or heads)
+    if heads and (heads % size or (kv_heads % size and size % kv_heads)):  # no head count: vLLM decides
+        raise UnsupportedModeError(
+            f"tensor parallel size {size} (GPUs per replica) cannot split this model: vLLM needs it to divide "
+            f"the {heads} attention heads and divide or be a multiple of the {kv_heads} key/value heads; use "
+            "a GPU count that does"
+        )
+
+
+def write_vllm_model(model_dir: Path, options: BuildOptions, checkpoint_dtype: str = "float32") -> None:
     (model_dir / "1").mkdir(parents=True, exist_ok=True)
     (model_dir / "config.pbtxt").write_text(render_config(vllm_model_config(options)))
-    (model_dir / "1" / "model.json").write_text(json.dumps(vllm_engine_args(options), indent=2, sort_keys=True) + "\n")
+    engine = vllm_engine_args(options, checkpoint_dtype)
+    (model_dir / "1" / "model.json").write_text(json.dumps(engine, indent=2, sort_keys=True) + "\n")

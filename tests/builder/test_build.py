@@ -59,7 +59,8 @@ def test_every_cpu_mode_builds_shrinks_and_reloads(mode: Mode, tiny_llama: Path,
     assert manifest["format"] == (PACKED_FORMAT if packed else "torch-state-dict" if quantized else "safetensors")
     assert (result.weights_dir / STATE_FILE).is_file() == quantized
     model_dir = result.repository / "model"
-    assert {p.name for p in (model_dir / "1").iterdir()} == {"model.py", "batchline_runtime.py", "weights"}
+    served_files = {"model.py", "batchline_runtime.py", "batchline_engine.py", "weights"}
+    assert {p.name for p in (model_dir / "1").iterdir()} == served_files
     loaded = load_model(result.weights_dir)
     embedding, head = loaded.model.get_input_embeddings(), loaded.model.get_output_embeddings()
     if packed:
@@ -207,3 +208,59 @@ def test_hub_source_fails_clearly_offline(tmp_path: Path, monkeypatch: pytest.Mo
     with pytest.raises(CheckpointError, match="hf://org/name@revision"):
         build("hf://no-slash", tmp_path / "out")
     assert _leaves_nothing(tmp_path / "out")
+
+
+@pytest.fixture(scope="module")
+def tiny_bf16(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny llama as a bf16 checkpoint (config.json says dtype bfloat16), as most Hub LLMs ship."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("tiny-bf16")
+    AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.bfloat16).save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_llama).save_pretrained(out)
+    return out
+
+
+def _stored_dtypes(result) -> set[str]:
+    from safetensors import safe_open
+
+    with safe_open(str(result.weights_dir / "model.safetensors"), framework="pt") as handle:
+        return {str(handle.get_slice(name).get_dtype()) for name in handle.keys()}  # noqa: SIM118
+
+
+def test_none_keeps_a_bf16_checkpoint_in_bf16_on_gpus_and_fp32_is_explicit(tiny_bf16: Path, tmp_path: Path) -> None:
+    import torch
+
+    from model_repo_builder.options import InstanceKind
+
+    gpu = build(tiny_bf16, tmp_path, BuildOptions(instance_kind=InstanceKind.GPU, quality=LOOSE, warmup=False))
+    assert _stored_dtypes(gpu) == {"BF16"}
+    assert json.loads((gpu.weights_dir / MANIFEST_FILE).read_text())["dtype"] == "bfloat16"
+    assert gpu.report["quantization"]["dtype"] == "bfloat16"
+    assert gpu.report["size"]["compression_ratio_vs_fp32"] >= 1.9  # half of fp32's memory
+    assert load_model(gpu.weights_dir).model.dtype == torch.bfloat16
+    fp32 = build(tiny_bf16, tmp_path, BuildOptions(mode=Mode.FP32, instance_kind=InstanceKind.GPU, quality=LOOSE))
+    assert _stored_dtypes(fp32) == {"F32"} and fp32.report["options"]["mode"] == "fp32"
+    assert fp32.key != gpu.key
+
+
+def test_none_serves_float32_on_cpu_where_half_precision_matmuls_are_slow(tiny_bf16: Path, tmp_path: Path) -> None:
+    import torch
+
+    cpu = build(tiny_bf16, tmp_path, BuildOptions(quality=LOOSE, warmup=False))  # KIND_CPU
+    assert _stored_dtypes(cpu) == {"F32"} and cpu.report["quantization"]["dtype"] == "float32"
+    assert load_model(cpu.weights_dir).model.dtype == torch.float32
+
+
+def test_vllm_none_serves_the_checkpoint_dtype_tensor_parallel(tiny_bf16: Path, tmp_path: Path) -> None:
+    options = BuildOptions(backend=Backend.VLLM, model_name="llm", tensor_parallel_size=2, quality=LOOSE)
+    result = build(tiny_bf16, tmp_path, options)
+    engine = json.loads((result.repository / "llm" / "1" / "model.json").read_text())
+    assert engine["dtype"] == "bfloat16" and engine["tensor_parallel_size"] == 2
+    assert _stored_dtypes(result) == {"BF16"}
+    # The tiny llama has 4 attention heads: 8 GPUs cannot split it, and the build says so before any work.
+    root = tmp_path / "tp8"
+    with pytest.raises(UnsupportedModeError, match=r"tensor parallel size 8 .* 4 attention heads"):
+        build(tiny_bf16, root, BuildOptions(backend=Backend.VLLM, tensor_parallel_size=8, quality=LOOSE))
+    assert _leaves_nothing(root)

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 from model_repo_builder import BatchingOptions, BuildOptions, Mode, compute_content_key
-from model_repo_builder.checkpoint import ModelKind
+from model_repo_builder.checkpoint import Checkpoint, ModelKind
+from model_repo_builder.errors import UnsupportedModeError
 from model_repo_builder.options import Backend, InstanceKind, QualityThresholds
 from model_repo_builder.triton_config import python_model_config, render_config, warmup_files
-from model_repo_builder.vllm_layout import vllm_engine_args, write_vllm_model
+from model_repo_builder.vllm_layout import check_tensor_parallel, vllm_engine_args, write_vllm_model
 
 FILES = {"config.json": "a" * 64, "model.safetensors": "b" * 64}
 
@@ -111,3 +112,66 @@ def test_build_key_is_stable_and_depends_on_every_input() -> None:
         compute_content_key(FILES, base, builder_version="0.0.0"),
     ]
     assert len({key, *variants}) == len(variants) + 1
+
+
+def test_none_resolves_to_the_checkpoint_dtype_on_gpus_and_float32_on_cpu() -> None:
+    gpu = BuildOptions(instance_kind=InstanceKind.GPU)
+    assert gpu.float_mode("bfloat16") is Mode.BF16 and gpu.float_mode("float16") is Mode.FP16
+    assert gpu.float_mode("float32") is Mode.NONE  # quantize.py's float32
+    assert BuildOptions(backend=Backend.VLLM).float_mode("bfloat16") is Mode.BF16  # vLLM runs on GPUs only
+    assert BuildOptions().float_mode("bfloat16") is Mode.NONE  # KIND_CPU: float32
+    assert BuildOptions(mode=Mode.FP32, instance_kind=InstanceKind.GPU).float_mode("bfloat16") is Mode.NONE
+    assert BuildOptions(mode=Mode.INT8_WEIGHT_ONLY).float_mode("bfloat16") is Mode.INT8_WEIGHT_ONLY
+
+
+def test_vllm_engine_dtype_follows_the_checkpoint_for_none_and_is_float32_for_fp32() -> None:
+    none = BuildOptions(backend=Backend.VLLM)
+    assert vllm_engine_args(none, "bfloat16")["dtype"] == "bfloat16"
+    assert vllm_engine_args(none, "float16")["dtype"] == "float16"
+    assert vllm_engine_args(none, "float32")["dtype"] == "float32"
+    assert vllm_engine_args(BuildOptions(mode=Mode.FP32, backend=Backend.VLLM), "bfloat16")["dtype"] == "float32"
+    assert vllm_engine_args(BuildOptions(mode=Mode.FP16, backend=Backend.VLLM), "bfloat16")["dtype"] == "float16"
+
+
+def test_vllm_tensor_parallel_layout_is_one_engine_over_the_pods_gpus(tmp_path: Path) -> None:
+    options = BuildOptions(backend=Backend.VLLM, model_name="big", tensor_parallel_size=4)
+    write_vllm_model(tmp_path / "big", options, "bfloat16")
+    engine = json.loads((tmp_path / "big" / "1" / "model.json").read_text())
+    assert engine["tensor_parallel_size"] == 4 and engine["dtype"] == "bfloat16"
+    config = (tmp_path / "big" / "config.pbtxt").read_text()
+    assert "instance_group [ { count: 1 kind: KIND_MODEL } ]" in config  # one model instance, not one per GPU
+    assert vllm_engine_args(BuildOptions(backend=Backend.VLLM))["tensor_parallel_size"] == 1
+    assert compute_content_key(FILES, options) != compute_content_key(
+        FILES, BuildOptions(backend=Backend.VLLM, model_name="big", tensor_parallel_size=2)
+    )
+
+
+def test_tensor_parallel_sizes_vllm_cannot_split_a_model_over_are_refused() -> None:
+    llama_70b = {"num_attention_heads": 64, "num_key_value_heads": 8}
+    for size in (1, 2, 4, 8):
+        check_tensor_parallel(BuildOptions(backend=Backend.VLLM, tensor_parallel_size=size), llama_70b)
+    qwen_7b = {"num_attention_heads": 28, "num_key_value_heads": 4}
+    check_tensor_parallel(BuildOptions(backend=Backend.VLLM, tensor_parallel_size=4), qwen_7b)
+    with pytest.raises(UnsupportedModeError, match="28 attention heads"):
+        check_tensor_parallel(BuildOptions(backend=Backend.VLLM, tensor_parallel_size=8), qwen_7b)
+    with pytest.raises(ValueError, match="vllm backend"):
+        BuildOptions(tensor_parallel_size=2)  # the python backend copies the model per GPU
+    with pytest.raises(ValueError):
+        BuildOptions(backend=Backend.VLLM, tensor_parallel_size=0)
+
+
+def _checkpoint(tmp_path: Path, config: dict, tensors: dict[str, tuple[str, list[int]]]) -> Checkpoint:
+    header = json.dumps(
+        {name: {"dtype": dtype, "shape": shape, "data_offsets": [0, 0]} for name, (dtype, shape) in tensors.items()}
+    )
+    (tmp_path / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header.encode())
+    return Checkpoint(tmp_path, str(tmp_path), config, ModelKind.CAUSAL_LM, "LlamaForCausalLM", {})
+
+
+def test_the_checkpoint_dtype_comes_from_config_json_else_the_weights(tmp_path: Path) -> None:
+    assert _checkpoint(tmp_path, {"torch_dtype": "bfloat16"}, {}).dtype == "bfloat16"
+    assert _checkpoint(tmp_path, {"dtype": "float16", "torch_dtype": "float32"}, {}).dtype == "float16"
+    weights = {"embed": ("BF16", [1000, 64]), "norm": ("F32", [64])}
+    assert _checkpoint(tmp_path, {}, weights).dtype == "bfloat16"  # most bytes
+    assert _checkpoint(tmp_path, {"torch_dtype": "auto"}, {"w": ("F16", [8, 8])}).dtype == "float16"
+    assert _checkpoint(tmp_path, {}, {"w": ("I8", [8, 8])}).dtype == "float32"  # transformers' default
