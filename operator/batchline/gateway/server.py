@@ -132,6 +132,11 @@ class Gateway:
             raise oa.BadRequest(f"the model {name!r} serves {model.task}; use {use}", "model")
         return model
 
+    def _label(self, body: Any) -> str:
+        """The metrics label of a request: its model if the gateway serves it, else ""."""
+        name = body.get("model") if isinstance(body, dict) else None
+        return name if isinstance(name, str) and name in self.router.models else ""
+
     def _count(self, model: str, endpoint: str, status: int, started: float) -> None:
         self.metrics.requests.labels(model, endpoint, str(status)).inc()
         self.metrics.latency.labels(model, endpoint).observe(time.monotonic() - started)
@@ -177,6 +182,7 @@ class Gateway:
         label = ""
         try:
             body = await self._json(request)
+            label = self._label(body)
             generation = oa.parse_chat(body) if chat else oa.parse_completion(body)
             model = self._lookup(generation.model, TEXT_GENERATION)
         except oa.BadRequest as exc:
@@ -328,6 +334,7 @@ class Gateway:
         try:
             try:
                 body = await self._json(request)
+                label = self._label(body)
                 parsed = oa.parse_embeddings(body)
                 model = self._lookup(parsed.model, EMBEDDINGS)
             except oa.BadRequest as exc:

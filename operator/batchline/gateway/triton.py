@@ -230,6 +230,7 @@ class GenerationCall:
         self.request_id = request_id
         self.started = False  # a response arrived
         self.finished = False  # the final response arrived
+        self.failed = False  # it raised UpstreamError
         self._call: Any = None
         self._half_close = asyncio.Event()
         self._unary: Piece | None = None
@@ -253,8 +254,15 @@ class GenerationCall:
         self._call = self.upstream.stub.ModelStreamInfer(requests())
 
     async def next(self) -> Piece:
-        if self.finished:
+        if self.finished or self.failed:
             raise StopAsyncIteration
+        try:
+            return await self._next()
+        except UpstreamError:
+            self.failed = True
+            raise
+
+    async def _next(self) -> Piece:
         if self._call is None and self._unary is None:
             await self._open()
         if self._unary is not None:
@@ -277,11 +285,13 @@ class GenerationCall:
         return piece
 
     async def close(self) -> bool:
-        """Ends the call; True when that cancelled a generation still running upstream."""
+        """Ends the call; True when that cancelled a generation still running upstream (the client
+        went away). A task cancelled while it awaited `next()` has cancelled the RPC already."""
         self._half_close.set()
-        if self._call is None or self.finished or self._call.done():
+        if self._call is None or self.finished or self.failed:
             return False
-        self._call.cancel()
+        if not self._call.done():
+            self._call.cancel()
         return True
 
 
