@@ -15,6 +15,7 @@ import tritonclient.http as httpclient
 from kubernetes import client
 
 from batchline import api
+from batchline.build.state import BUILD_BLOCKED, build_pod_problem
 from tests.integration.conftest import LLMDs, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("operator")]
@@ -112,6 +113,43 @@ def test_a_failing_build_is_degraded_with_the_builders_message_and_backs_off(
     wait_for(lambda: len(_jobs(kube, namespace)) == 1, timeout=30, what="first attempt's Job replaced")
     events = client.CoreV1Api(kube).list_namespaced_event(namespace, field_selector="involvedObject.name=broken")
     assert sum(1 for e in events.items if e.reason == "BuildFailed") == 1  # one Event per transition
+
+
+def _build_pods(kube: client.ApiClient, namespace: str) -> list[dict[str, Any]]:
+    pods = client.CoreV1Api(kube).list_namespaced_pod(namespace, label_selector=api.LABEL_BUILD_KEY)
+    return [kube.sanitize_for_serialization(p) for p in pods.items]  # as the API server returns them
+
+
+def test_a_per_model_token_secret_and_key_reach_the_build_and_a_missing_one_names_the_secret(
+    kube: client.ApiClient, namespace: str, llmds: LLMDs, tiny_checkpoint: Path
+) -> None:
+    model = {"source": str(tiny_checkpoint), "tokenSecretRef": {"name": "hf-private", "key": "token"}}
+    llmds.create("gated", {"model": model, "build": {"resources": {"cpu": "500m", "memory": "1536Mi"}}})
+    [job] = wait_for(lambda: _jobs(kube, namespace), timeout=30, what="the build Job")
+    container = job.spec.template.spec.containers[0]
+    token = next(e for e in container.env if e.name == "HF_TOKEN").value_from.secret_key_ref
+    assert (token.name, token.key, token.optional) == ("hf-private", "token", False)
+    assert container.resources.limits["memory"] == "1536Mi" and container.resources.requests["cpu"] == "500m"
+
+    # No such Secret: the pod cannot start (kubelet's CreateContainerConfigError), and the pure function the
+    # status uses names the Secret from the pod as the API server holds it.
+    def blocked() -> Any:
+        return next((p for pod in _build_pods(kube, namespace) if (p := build_pod_problem(pod))), None)
+
+    problem = wait_for(blocked, timeout=60, what="a build pod held by the missing Secret")
+    assert problem.reason == BUILD_BLOCKED and problem.secret == "hf-private"
+    assert 'Secret "hf-private"' in problem.message and namespace in problem.message
+    assert _build(llmds, "gated").get("phase") != "Ready"
+
+    # A Secret holding the token under that key only: the next attempt starts, and builds.
+    client.CoreV1Api(kube).create_namespaced_secret(
+        namespace,
+        client.V1Secret(metadata=client.V1ObjectMeta(name="hf-private"), string_data={"token": "hf_not_a_real_token"}),
+    )
+    build = wait_for(lambda: (b := _build(llmds, "gated")).get("phase") == "Ready" and b, timeout=150, what="built")
+    assert build["key"] in _catalogue(kube, namespace)
+    [built] = [j for j in _jobs(kube, namespace) if j.status.succeeded]
+    assert not built.metadata.name.endswith("-1")  # the attempt after the Secret appeared
 
 
 def _ready_endpoints(kube: client.ApiClient, namespace: str, name: str) -> list[str]:

@@ -257,6 +257,18 @@ INVALID = [
         "spec.serving.dynamicBatching.preferredBatchSizes",
     ),
     ("typo-field", {"serving": {"maxBatchsize": 4}}, 'unknown field "spec.serving.maxBatchsize"'),
+    (
+        "vllm-3-gpus",
+        {"serving": {"backend": "vllm"}, "resources": {"gpu": {"count": 3}}},
+        "spec.resources.gpu.count: the vllm backend splits the model over the replica's GPUs",
+    ),
+    (
+        "vllm-2-instances",
+        {"serving": {"backend": "vllm", "instancesPerReplica": 2}},
+        "spec.serving.instancesPerReplica: the vllm backend runs one engine per replica",
+    ),
+    ("build-memory", {"build": {"resources": {"memory": "lots"}}}, "spec.build.resources.memory"),
+    ("token-no-name", {"model": {"tokenSecretRef": {"key": "t"}}}, "spec.model.tokenSecretRef.name: Required value"),
     ("x" * 53, {}, "metadata.name must be at most 52 characters"),
 ]
 
