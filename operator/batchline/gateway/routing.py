@@ -197,7 +197,8 @@ class Router:
         finally:
             self._set_waiting(model_id, self.waiting.get(model_id, 1) - 1)
         model = self.models.get(model_id)
-        if model is not None and model.routable():
+        excluded = self._excluded(exclude)
+        if model is not None and any(e.address not in excluded for e in model.routable()):
             raise Rejected(504, f"no replica of model {model_id!r} had room within {self.hold_timeout_s:g} s")
         raise Rejected(503, f"no replica of model {model_id!r} became ready within {self.hold_timeout_s:g} s",
                        retry_after=max(1, int(self.hold_timeout_s)))
