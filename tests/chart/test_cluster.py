@@ -46,7 +46,7 @@ pytestmark = pytest.mark.cluster
 SOURCE = str(TINY_CHECKPOINT)  # built for real by a build Job on the process node
 GPU_TOLERATION = '[{"key":"nvidia.com/gpu","operator":"Exists","effect":"NoSchedule"}]'
 RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/warn": "restricted"}
-NO_OPERATOR_CRDS = {"ServiceMonitor", "PodMonitor"}  # the local control plane has no Prometheus Operator
+NO_OPERATOR_CRDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}  # no Prometheus Operator here
 # Reads kopf itself makes, besides the kinds the handlers watch (kopf/_core/reactor/observation.py and
 # engines/peering.py): CRDs to notice kinds appearing, namespaces in namespaces mode, peering objects.
 KOPF_READS = {("apiextensions.k8s.io", "customresourcedefinitions"), ("", "namespaces"),
