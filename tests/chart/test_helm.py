@@ -84,6 +84,10 @@ def test_default_and_namespaced_render_the_expected_objects() -> None:
         pytest.param(["operator.env.bad-name=1"], "bad-name", id="env-name"),
         pytest.param(["modelCache.size=lots"], "does not match pattern", id="quantity"),
         pytest.param(["prometheus.url=prometheus:9090"], "does not match pattern", id="url"),
+        pytest.param(["workloadImagePullSecrets[0].nam=regcred"], "additional properties 'nam' not allowed",
+                     id="pull-secret-typo"),
+        pytest.param(["monitoring.label.release=kps"], "additional properties 'label' not allowed",
+                     id="monitoring-typo"),
     ],
 )
 def test_values_schema_rejects(sets: list[str], error: str) -> None:
