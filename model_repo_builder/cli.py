@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import re
+import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +24,32 @@ from .options import (
     InstanceKind,
     Mode,
 )
+
+# What earlier builds left in an operator's cache folder, removed before each operator build (--alias):
+# hf:// downloads, from when HF_HOME was <cache>/.huggingface (now an emptyDir of the build pod), and the
+# staging folders of builds killed outright (OOMKilled, a deadline: SIGKILL leaves no chance to clean).
+LEGACY_HF_HOME = ".huggingface"
+STAGING = re.compile(r"\.[0-9a-f]{24}-[^/]+")  # builder.build's tempfile.mkdtemp(prefix=".<content key>-")
+STALE_STAGING_SECONDS = 24 * 3600  # far past the operator's build deadline (4 h by default)
+
+
+def remove_leftovers(root: Path, now: float | None = None) -> list[str]:
+    """Removes the legacy download cache and stale staging folders from `root`; returns their names."""
+    if not root.is_dir():
+        return []
+    removed = []
+    legacy = root / LEGACY_HF_HOME
+    hf_home = os.environ.get("HF_HOME")
+    if legacy.is_dir() and not (hf_home and Path(hf_home).resolve().is_relative_to(legacy.resolve())):
+        shutil.rmtree(legacy, ignore_errors=True)
+        removed.append(LEGACY_HF_HOME)
+    cutoff = (time.time() if now is None else now) - STALE_STAGING_SECONDS
+    for folder in sorted(root.iterdir()):
+        stale = folder.is_dir() and not folder.is_symlink() and folder.stat().st_mtime < cutoff
+        if STAGING.fullmatch(folder.name) and stale:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder.name)
+    return removed
 
 
 def register(subparsers: Any) -> None:
@@ -129,6 +159,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         options = options_from_args(args)
+        if args.alias and (removed := remove_leftovers(Path(args.output_root))):
+            print(f"batchline build: removed leftovers of earlier builds: {', '.join(removed)}", file=sys.stderr)
         result = build(args.source, args.output_root, options)
         if args.alias:
             link_alias(Path(args.output_root), args.alias, result.key)

@@ -175,3 +175,28 @@ def test_the_checkpoint_dtype_comes_from_config_json_else_the_weights(tmp_path: 
     assert _checkpoint(tmp_path, {}, weights).dtype == "bfloat16"  # most bytes
     assert _checkpoint(tmp_path, {"torch_dtype": "auto"}, {"w": ("F16", [8, 8])}).dtype == "float16"
     assert _checkpoint(tmp_path, {}, {"w": ("I8", [8, 8])}).dtype == "float32"  # transformers' default
+
+
+def test_an_operator_build_removes_old_downloads_and_killed_builds_staging_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from model_repo_builder.cli import STALE_STAGING_SECONDS, remove_leftovers
+
+    monkeypatch.setenv("HF_HOME", "/hf-home")  # the build pod's emptyDir
+    (tmp_path / ".huggingface" / "hub" / "models--org--gated").mkdir(parents=True)
+    killed = tmp_path / f".{'a' * 24}-x1y2z3"  # an OOM-killed build's staging folder
+    running = tmp_path / f".{'b' * 24}-q9w8e7"
+    for folder in (killed, running, tmp_path / ("c" * 24)):
+        (folder / "repository").mkdir(parents=True)
+    (tmp_path / "spec-key").symlink_to("c" * 24)
+    long_ago = 1_000_000.0
+    os.utime(killed, (long_ago, long_ago))
+    now = long_ago + STALE_STAGING_SECONDS + 1
+    os.utime(running, (now - 60, now - 60))
+    assert remove_leftovers(tmp_path, now=now) == [".huggingface", killed.name]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [running.name, "c" * 24, "spec-key"]
+    monkeypatch.setenv("HF_HOME", str(tmp_path / ".huggingface"))  # still in use: kept
+    (tmp_path / ".huggingface").mkdir()
+    assert remove_leftovers(tmp_path, now=now) == []

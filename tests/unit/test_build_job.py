@@ -75,6 +75,20 @@ def test_cache_collects_unused_builds_oldest_first_only_beyond_the_budget() -> N
     assert job["spec"]["template"]["spec"]["containers"][0]["args"][:5] == ["cache", "gc", "/models", "mid", "old"]
 
 
+def test_keys_that_alias_one_build_folder_count_its_bytes_once() -> None:
+    # "a" and "b" differ only in how the build Job ran (a token Secret, builder memory): one folder.
+    cache = {
+        "a": CacheEntry("a", "2026-01-01T00:00:00Z", {"key": "c1", "sizeBytes": 100}),
+        "b": CacheEntry("b", "2026-02-01T00:00:00Z", {"key": "c1", "sizeBytes": 100}),
+        "old": CacheEntry("old", "2026-01-15T00:00:00Z", {"key": "c2", "sizeBytes": 50}),
+    }
+    assert collectable(cache, {"b"}, budget_bytes=150) == []  # 150 bytes on the volume, not 250
+    # Removing "a" frees nothing while "b" names the folder, so "old" goes too.
+    assert collectable(cache, {"b"}, budget_bytes=120) == ["a", "old"]
+    assert collectable(cache, set(), budget_bytes=60) == ["a", "old", "b"]
+    assert collectable(cache, set(), budget_bytes=100) == ["a", "old"]
+
+
 def test_a_catalogue_entry_round_trips_through_configmap_data() -> None:
     entry = CacheEntry("k1", "2026-11-22T10:00:00Z", {"key": "c1", "sizeBytes": 136})
     assert CacheEntry.from_data("k1", entry.to_data()) == entry
