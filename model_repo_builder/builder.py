@@ -34,12 +34,13 @@ from .prune import prune_model, zero_fraction
 from .quality import MAX_EVAL_TOKENS, check_gate, evaluate
 from .quantize import check_supported, column_importance, fp8_weight_proxy, quantize_model
 from .report import REPORT_FILE, REPOSITORY_DIR, SCHEMA_VERSION, library_versions, read_report, write_report
-from .triton_config import WARMUP_FOLDER, python_model_config, render_config, warmup_files
+from .triton_config import WARMUP_FOLDER, python_model_config, render_config, uses_inflight_engine, warmup_files
 from .version import BUILDER_VERSION
 from .vllm_layout import check_tensor_parallel, write_vllm_model
 from .weights import save_weights, weight_bytes
 
 TEMPLATE = Path(__file__).parent / "templates" / "model.py"
+INFLIGHT_TEMPLATE = Path(__file__).parent / "templates" / "model_inflight.py"
 
 
 @dataclass(frozen=True)
@@ -200,8 +201,12 @@ def _build_into(staging: Path, checkpoint: Checkpoint, key: str, options: BuildO
 
 def _write_python_model(model_dir: Path, kind: ModelKind, options: BuildOptions, hidden_size: int) -> None:
     (model_dir / "config.pbtxt").write_text(render_config(python_model_config(kind, options, hidden_size)))
-    shutil.copyfile(TEMPLATE, model_dir / "1" / "model.py")
     shutil.copyfile(runtime.__file__, model_dir / "1" / "batchline_runtime.py")
+    if uses_inflight_engine(kind, options):
+        shutil.copyfile(INFLIGHT_TEMPLATE, model_dir / "1" / "model.py")
+        shutil.copyfile(Path(__file__).parent / "engine.py", model_dir / "1" / "batchline_engine.py")
+        return
+    shutil.copyfile(TEMPLATE, model_dir / "1" / "model.py")
     if options.warmup:
         (model_dir / WARMUP_FOLDER).mkdir()
         for name, content in warmup_files(kind).items():

@@ -34,6 +34,18 @@ class Backend(StrEnum):
     VLLM = "vllm"
 
 
+class Engine(StrEnum):
+    """How the python backend runs text generation.
+
+    INFLIGHT: a decoupled model around transformers' continuous batching (requests join and leave the
+    running batch at every decode step; token streaming). STATIC: one generate() call per Triton
+    dynamic batch (a batch waits for its longest request; no streaming; serves HTTP /infer).
+    """
+
+    INFLIGHT = "inflight"
+    STATIC = "static"
+
+
 class InstanceKind(StrEnum):
     CPU = "KIND_CPU"
     GPU = "KIND_GPU"
@@ -109,6 +121,12 @@ class BuildOptions:
     dequantize_at_load: bool = False
     # vllm backend: GPUs one engine splits the model over (vLLM's tensor_parallel_size).
     tensor_parallel_size: int = 1
+    # Text generation on the python backend: the in-flight batching engine or one generate() per batch.
+    engine: Engine = Engine.INFLIGHT
+    # In-flight engine: KV cache size per model instance in tokens (all requests together; allocated at
+    # load, never sized from the host's memory), and the most tokens one engine step processes.
+    kv_cache_tokens: int = 16384
+    max_batch_tokens: int = 512
 
     def __post_init__(self) -> None:
         if not self.model_name or not all(c.isalnum() or c in "-_." for c in self.model_name):
@@ -127,6 +145,11 @@ class BuildOptions:
             raise ValueError(
                 f"sparsity must be a number in [0, 1) (the fraction of weights to zero), got {self.sparsity!r}"
             )
+        if self.kv_cache_tokens < 256:
+            raise ValueError(f"kv_cache_tokens must be at least 256, got {self.kv_cache_tokens}")
+        if self.max_batch_tokens < 16:
+            raise ValueError(f"max_batch_tokens must be at least 16, got {self.max_batch_tokens}")
+        object.__setattr__(self, "engine", Engine(self.engine))
         # 0 and 0.0 are the same option, and must give the same build key.
         object.__setattr__(self, "sparsity", float(self.sparsity))
         if self.dequantize_at_load and self.mode not in PACKED_MODES:

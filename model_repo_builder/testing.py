@@ -81,3 +81,24 @@ def make_tiny_checkpoint(
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+# A ChatML-like template for the tiny tokenizer (real checkpoints bring their own).
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def add_chat_template(checkpoint: str | Path, out_dir: str | Path) -> Path:
+    """A copy of `checkpoint` whose tokenizer has CHAT_TEMPLATE."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    out = Path(out_dir)
+    shutil.copytree(checkpoint, out, dirs_exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(out)
+    return out

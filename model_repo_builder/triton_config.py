@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from .checkpoint import ModelKind
-from .options import BatchingOptions, BuildOptions
+from .options import BatchingOptions, BuildOptions, Engine
 
 WARMUP_FOLDER = "warmup"
 
@@ -140,6 +140,26 @@ GENERATION_INPUTS = (
 )
 GENERATION_OUTPUTS = (TensorSpec("text_output", "TYPE_STRING", (1,)),)
 EMBEDDING_INPUTS = (TensorSpec("text_input", "TYPE_STRING", (1,)),)
+# The in-flight engine's streaming contract (docs/builder.md, "The streaming contract"): a prompt or an
+# OpenAI-style chat list, per-request settings, and per response the new text; the final response
+# carries why it ended and the token counts.
+INFLIGHT_INPUTS = (
+    TensorSpec("text_input", "TYPE_STRING", (1,), optional=True),
+    TensorSpec("messages", "TYPE_STRING", (1,), optional=True),
+    TensorSpec("stream", "TYPE_BOOL", (1,), optional=True),
+    TensorSpec("max_tokens", "TYPE_INT32", (1,), optional=True),
+    TensorSpec("temperature", "TYPE_FP32", (1,), optional=True),
+    TensorSpec("top_p", "TYPE_FP32", (1,), optional=True),
+    TensorSpec("seed", "TYPE_INT64", (1,), optional=True),
+    TensorSpec("stop", "TYPE_STRING", (-1,), optional=True),
+)
+INFLIGHT_OUTPUTS = (
+    TensorSpec("text_output", "TYPE_STRING", (1,)),
+    TensorSpec("finish_reason", "TYPE_STRING", (1,)),
+    TensorSpec("prompt_tokens", "TYPE_INT32", (1,)),
+    TensorSpec("completion_tokens", "TYPE_INT32", (1,)),
+    TensorSpec("error", "TYPE_STRING", (1,)),
+)
 
 
 def warmup_files(kind: ModelKind) -> dict[str, bytes]:
@@ -154,8 +174,47 @@ def _string_element(value: bytes) -> bytes:
     return len(value).to_bytes(4, "little") + value
 
 
+def uses_inflight_engine(kind: ModelKind, options: BuildOptions) -> bool:
+    return kind is ModelKind.CAUSAL_LM and options.engine is Engine.INFLIGHT
+
+
+def inflight_model_config(options: BuildOptions) -> ModelConfig:
+    """The decoupled python-backend config of the in-flight engine.
+
+    max_batch_size 0: Triton hands each request over as it comes, and the engine batches them (per
+    decode step). There is no Triton warmup (the model warms its engine up at load) and no response
+    cache (Triton has none for decoupled models).
+    """
+    parameters = {
+        "weights": "weights",
+        "engine": str(Engine.INFLIGHT),
+        "torch_threads": str(options.torch_threads),
+        "default_max_tokens": str(options.default_max_tokens),
+        "kv_cache_tokens": str(options.kv_cache_tokens),
+        "max_batch_tokens": str(options.max_batch_tokens),
+        "max_running_requests": str(options.batching.max_batch_size),
+        "warmup": "true" if options.warmup else "false",
+    }
+    if options.dequantize_at_load:
+        parameters["dequantize_at_load"] = "true"
+    return ModelConfig(
+        name=options.model_name,
+        backend="python",
+        max_batch_size=0,
+        inputs=INFLIGHT_INPUTS,
+        outputs=INFLIGHT_OUTPUTS,
+        instance_kind=str(options.instance_kind),
+        instance_count=options.instance_count,
+        num_versions=options.num_versions,
+        decoupled=True,
+        parameters=parameters,
+    )
+
+
 def python_model_config(kind: ModelKind, options: BuildOptions, embedding_size: int) -> ModelConfig:
     """The python-backend config for a text-generation or an embedding model."""
+    if uses_inflight_engine(kind, options):
+        return inflight_model_config(options)
     inputs: tuple[TensorSpec, ...] = GENERATION_INPUTS
     outputs: tuple[TensorSpec, ...] = GENERATION_OUTPUTS
     if kind is ModelKind.EMBEDDING:

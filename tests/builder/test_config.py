@@ -10,16 +10,17 @@ import pytest
 from model_repo_builder import BatchingOptions, BuildOptions, Mode, compute_content_key
 from model_repo_builder.checkpoint import Checkpoint, ModelKind
 from model_repo_builder.errors import UnsupportedModeError
-from model_repo_builder.options import Backend, InstanceKind, QualityThresholds
+from model_repo_builder.options import Backend, Engine, InstanceKind, QualityThresholds
 from model_repo_builder.triton_config import python_model_config, render_config, warmup_files
 from model_repo_builder.vllm_layout import check_tensor_parallel, vllm_engine_args, write_vllm_model
 
 FILES = {"config.json": "a" * 64, "model.safetensors": "b" * 64}
 
 
-def test_generation_config_has_the_front_end_tensor_names_and_batching() -> None:
+def test_static_generation_config_has_the_front_end_tensor_names_and_batching() -> None:
     options = BuildOptions(
         model_name="llm",
+        engine=Engine.STATIC,
         batching=BatchingOptions(
             max_batch_size=16,
             max_queue_delay_microseconds=2500,
@@ -46,6 +47,31 @@ def test_generation_config_has_the_front_end_tensor_names_and_batching() -> None
     assert "response_cache { enable: true }" in text
     assert 'input_data_file: "text_input"' in text and 'input_data_file: "max_tokens"' in text
     assert text == render_config(python_model_config(ModelKind.CAUSAL_LM, options, embedding_size=64))
+
+
+def test_inflight_config_is_decoupled_with_the_streaming_contract() -> None:
+    options = BuildOptions(
+        model_name="llm",
+        batching=BatchingOptions(max_batch_size=16),
+        instance_count=2,
+        kv_cache_tokens=4096,
+        max_batch_tokens=256,
+    )
+    assert options.engine is Engine.INFLIGHT
+    text = render_config(python_model_config(ModelKind.CAUSAL_LM, options, embedding_size=64))
+    assert "model_transaction_policy { decoupled: true }" in text
+    assert "max_batch_size: 0" in text and "dynamic_batching" not in text and "model_warmup" not in text
+    for name in ("text_input", "messages", "stream", "max_tokens", "temperature", "top_p", "seed", "stop"):
+        assert f'{{ name: "{name}" ' in text and "optional: true" in text.split(f'name: "{name}"')[1].split("\n")[0]
+    for name in ("text_output", "finish_reason", "prompt_tokens", "completion_tokens"):
+        assert f'{{ name: "{name}" ' in text
+    assert '{ name: "stream" data_type: TYPE_BOOL dims: [ 1 ] optional: true }' in text
+    assert "instance_group [ { count: 2 kind: KIND_CPU } ]" in text
+    for key, value in {"kv_cache_tokens": "4096", "max_batch_tokens": "256", "max_running_requests": "16"}.items():
+        assert f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}' in text
+    # Embedding models keep one forward pass per Triton batch, whatever the engine.
+    embedding = render_config(python_model_config(ModelKind.EMBEDDING, options, embedding_size=384))
+    assert "decoupled" not in embedding and "max_batch_size: 16" in embedding
 
 
 def test_embedding_config_and_unbatched_config() -> None:
@@ -83,6 +109,9 @@ def test_vllm_layout_carries_fp8_quantization(tmp_path: Path) -> None:
         {"model_name": "bad name"},
         {"group_size": 48},
         {"instance_count": 0},
+        {"kv_cache_tokens": 100},
+        {"max_batch_tokens": 4},
+        {"engine": "dynamic"},
     ],
 )
 def test_bad_options_are_refused(kwargs: dict) -> None:
