@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from batchline import api
 from batchline.build.catalogue import CacheEntry, collectable
-from batchline.build.spec_key import repository_key
+from batchline.build.spec_key import repository_inputs, repository_key
 from batchline.build.state import BUILD_BLOCKED, BUILD_OUT_OF_MEMORY, build_pod_problem
 from batchline.config import OperatorConfig
 from batchline.resources.build_job import HF_HOME, build_job, builder_args
@@ -146,6 +146,18 @@ def test_vllm_on_several_gpus_builds_one_tensor_parallel_engine() -> None:
     assert repository_key(tp["spec"]) != repository_key(one["spec"])
     # The python backend's copies per GPU need no new build.
     assert repository_key(python["spec"]) == repository_key(llmd(resources={"gpu": {"count": 2}})["spec"])
+
+
+def test_none_on_gpus_is_a_new_build_since_it_keeps_the_checkpoints_precision() -> None:
+    gpu_none = repository_inputs(llmd()["spec"])  # gpu.count 1 by default
+    assert gpu_none["precision"] == "checkpoint"
+    # Specs whose build did not change keep their keys: CPU none (float32 as before), other modes.
+    assert "precision" not in repository_inputs(llmd(resources={"gpu": {"count": 0}})["spec"])
+    assert "precision" not in repository_inputs(llmd(quantization={"mode": "fp32"})["spec"])
+    assert "precision" not in repository_inputs(llmd(quantization={"mode": "int8-weight-only"})["spec"])
+    fp32 = llmd(quantization={"mode": "fp32"})
+    assert "--mode=fp32" in builder_args(fp32["spec"], "k", "/c")
+    assert repository_key(fp32["spec"]) != repository_key(llmd()["spec"])
 
 
 def _build_pod(env: list, state: dict, memory: str = "2Gi") -> dict:
