@@ -21,6 +21,7 @@ from .options import (
     Backend,
     BatchingOptions,
     BuildOptions,
+    Engine,
     InstanceKind,
     Mode,
 )
@@ -102,6 +103,23 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="int8/int4-weight-only: serve float32 weights de-quantized at load (fast on CPU, float32 memory)",
     )
+    serving.add_argument(
+        "--engine",
+        choices=[str(e) for e in Engine],
+        default=str(Engine.INFLIGHT),
+        help="text generation on the python backend: inflight (continuous batching, streaming; a decoupled "
+        "model served by gRPC streaming and HTTP generate/generate_stream) or static (one generate() per "
+        "Triton batch; HTTP /infer)",
+    )
+    serving.add_argument(
+        "--kv-cache-tokens",
+        type=int,
+        default=8192,
+        help="inflight: KV cache per model instance, in tokens of all running requests together",
+    )
+    serving.add_argument(
+        "--max-batch-tokens", type=int, default=512, help="inflight: most tokens one engine step processes"
+    )
     serving.add_argument("--vllm-model-root", default="/models", help="where the vLLM container mounts the repository")
     serving.add_argument(
         "--tensor-parallel-size",
@@ -150,6 +168,9 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
         vllm_model_root=args.vllm_model_root,
         sparsity=args.sparsity,
         dequantize_at_load=args.dequantize_at_load,
+        engine=Engine(args.engine),
+        kv_cache_tokens=args.kv_cache_tokens,
+        max_batch_tokens=args.max_batch_tokens,
         tensor_parallel_size=args.tensor_parallel_size,
     )
 

@@ -125,7 +125,7 @@ class BuildOptions:
     engine: Engine = Engine.INFLIGHT
     # In-flight engine: KV cache size per model instance in tokens (all requests together; allocated at
     # load, never sized from the host's memory), and the most tokens one engine step processes.
-    kv_cache_tokens: int = 16384
+    kv_cache_tokens: int = 8192
     max_batch_tokens: int = 512
 
     def __post_init__(self) -> None:

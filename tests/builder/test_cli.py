@@ -16,7 +16,7 @@ def test_build_command_writes_a_repository_and_reuses_it(
 ) -> None:
     args = ["build", str(tiny_llama), str(tmp_path), "--mode", "int8-weight-only", "--model-name", "tiny"]
     args += ["--max-batch-size", "4", "--preferred-batch-size", "2", "--min-top1-agreement", "0"]
-    args += ["--max-perplexity-increase", "1", "--sparsity", "0.25", "--dequantize-at-load"]
+    args += ["--max-perplexity-increase", "1", "--sparsity", "0.25", "--dequantize-at-load", "--engine", "static"]
     assert main(args) == 0
     summary = json.loads(capsys.readouterr().out)
     assert not summary["reused"] and Path(summary["repository"], "tiny", "config.pbtxt").is_file()
@@ -32,6 +32,22 @@ def test_build_command_writes_a_repository_and_reuses_it(
     assert message["reused"] and message["alias"] == "spec-key" and message["key"] == summary["key"]
     assert message["compressionRatio"] > 1 and "top1Agreement" in message["quality"]
     assert (tmp_path / "spec-key" / "repository" / "tiny" / "config.pbtxt").is_file()
+
+
+def test_build_flags_choose_the_engine_and_its_kv_cache() -> None:
+    import argparse
+
+    from model_repo_builder.cli import options_from_args, register
+    from model_repo_builder.options import Engine
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    default = options_from_args(parser.parse_args(["build", "src", "out"]))
+    assert default.engine is Engine.INFLIGHT and default.kv_cache_tokens == 8192
+    chosen = parser.parse_args(["build", "src", "out", "--kv-cache-tokens", "2048", "--max-batch-tokens", "128"])
+    assert (options_from_args(chosen).kv_cache_tokens, options_from_args(chosen).max_batch_tokens) == (2048, 128)
+    static = parser.parse_args(["build", "src", "out", "--engine", "static"])
+    assert options_from_args(static).engine is Engine.STATIC
 
 
 @pytest.mark.torch
@@ -70,3 +86,62 @@ def test_serve_command_runs_triton_until_terminated(served_llama) -> None:
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(60) == 0
+
+
+def test_the_operators_builder_args_choose_the_engine_and_cel_refuses_what_cannot_run() -> None:
+    """spec.serving.engine / kvCacheTokens: the operator's build Job args parse in this CLI into the
+    options they name, change the build key only when set, and the CRD refuses them where they
+    cannot apply (the two rules evaluated here by translation; the API server runs them all)."""
+    import argparse
+    import re
+    from typing import Any
+
+    from batchline.build.spec_key import repository_key
+    from batchline.resources.build_job import builder_args
+    from model_repo_builder.cli import options_from_args, register
+    from model_repo_builder.options import Engine
+    from tests.crd_schema import defaulted, llmd, schema
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+
+    def options(**serving: Any) -> Any:
+        args = builder_args(llmd(serving=serving)["spec"], "k", "/ckpt")
+        return options_from_args(parser.parse_args(args))
+
+    assert (options().engine, options().kv_cache_tokens) == (Engine.INFLIGHT, 8192)
+    assert options(kvCacheTokens=4096).kv_cache_tokens == 4096
+    assert options(engine="static").engine is Engine.STATIC
+    keys = {
+        repository_key(llmd(serving=serving)["spec"]) for serving in ({}, {"engine": "static"}, {"kvCacheTokens": 4096})
+    }
+    assert len(keys) == 3
+
+    rules = [
+        rule
+        for rule in schema()["properties"]["spec"]["x-kubernetes-validations"]
+        if "serving.engine" in rule["rule"] or "serving.kvCacheTokens" in rule["rule"]
+    ]
+    assert len(rules) == 2
+
+    def violations(**spec: Any) -> list[str]:
+        full = defaulted({"model": {"source": "hf://org/model"}, **spec})
+        serving, task = full["serving"], full["model"]["task"]
+        found = []
+        for rule in rules:
+            text = re.sub(r"has\(self\.serving\.(\w+)\)", r"('\1' in serving)", rule["rule"])
+            text = text.replace("self.serving.", "serving_").replace("self.model.task", "task")
+            text = re.sub(r"serving_(\w+)", r"serving['\1']", text)
+            text = re.sub(r"!(?!=)", " not ", text.replace("||", " or ").replace("&&", " and "))
+            if not eval(text, {"__builtins__": {}}, {"serving": serving, "task": task}):
+                found.append(rule["message"])
+        return found
+
+    assert violations() == [] and violations(serving={"engine": "static"}) == []
+    assert violations(serving={"engine": "inflight", "kvCacheTokens": 2048}) == []
+    [vllm] = violations(serving={"backend": "vllm", "engine": "inflight"}, resources={"gpu": {"count": 1}})
+    assert vllm.startswith("spec.serving.engine")
+    [embeddings] = violations(model={"source": "hf://org/m", "task": "embeddings"}, serving={"engine": "static"})
+    assert "embeddings" in embeddings
+    [static_cache] = violations(serving={"engine": "static", "kvCacheTokens": 2048})
+    assert static_cache.startswith("spec.serving.kvCacheTokens")

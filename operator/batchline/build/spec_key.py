@@ -23,6 +23,9 @@ def repository_inputs(spec: Mapping[str, Any]) -> dict[str, Any]:
         "dynamicBatching": serving["dynamicBatching"],
         "instancesPerReplica": serving["instancesPerReplica"],
         "responseCache": serving["responseCache"],
+        # The in-flight engine and its KV cache size are in the repository's config.pbtxt. Only when set,
+        # so the repositories of LLMDeployments that leave them unset keep their keys.
+        **{name: serving[name] for name in ("engine", "kvCacheTokens") if serving.get(name) is not None},
         "device": "gpu" if gpus > 0 else "cpu",
     }
     # Added only when they apply, so that the keys of specs without them stay what they were.

@@ -75,6 +75,10 @@ def builder_args(spec: Mapping[str, Any], key: str, source: str) -> list[str]:
         args.append("--dequantize-at-load")
     if serving["responseCache"]:
         args.append("--response-cache")
+    if serving.get("engine"):
+        args.append(f"--engine={serving['engine']}")
+    if serving.get("kvCacheTokens"):
+        args.append(f"--kv-cache-tokens={serving['kvCacheTokens']}")
     gate = quant.get("qualityGate") or {}
     args += [f"{flag}={gate[field] * scale:g}" for field, flag, scale in _GATE_FLAGS if field in gate]
     return args
