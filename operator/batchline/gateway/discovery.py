@@ -165,6 +165,7 @@ class KubernetesDiscovery:
         self._llmds: dict[tuple[str, str], dict[str, Any]] = {}
         self._slices: dict[tuple[str, str], dict[str, Any]] = {}
         self._listed: set[str] = set()
+        self._watches = 0
         self._stop = threading.Event()
 
     def start(self) -> None:
@@ -180,6 +181,7 @@ class KubernetesDiscovery:
         api_client = client.ApiClient()
         custom, discovery = client.CustomObjectsApi(api_client), client.DiscoveryV1Api(api_client)
         scopes: list[str | None] = list(self.namespaces) or [None]
+        self._watches = 2 * len(scopes)
         for namespace in scopes:
             if namespace is None:
                 llmd_list: Callable[..., Any] = lambda **kw: custom.list_cluster_custom_object(  # noqa: E731
@@ -238,7 +240,10 @@ class KubernetesDiscovery:
                 backoff = min(backoff * 2, 30.0)
 
     def _publish(self) -> None:
+        """The whole table, once every watch has listed (so a first table is never partial)."""
         with self._lock:
+            if len(self._listed) < self._watches:
+                return
             llmds, slices = list(self._llmds.values()), list(self._slices.values())
         self.publish(models_from(llmds, slices, qualified=self.qualified))
 
