@@ -95,7 +95,7 @@ class Observer(Protocol):
 
     def first_token(self, seconds: float) -> None: ...
     def output_token(self, seconds: float) -> None: ...
-    def finished(self, prompt_tokens: int, completion_tokens: int) -> None: ...
+    def finished(self, prompt_tokens: int, completion_tokens: int, seconds: float) -> None: ...
     def stats(self, stats: EngineStats) -> None: ...
 
 
@@ -106,7 +106,7 @@ class _NoObserver:
     def output_token(self, seconds: float) -> None:
         pass
 
-    def finished(self, prompt_tokens: int, completion_tokens: int) -> None:
+    def finished(self, prompt_tokens: int, completion_tokens: int, seconds: float) -> None:
         pass
 
     def stats(self, stats: EngineStats) -> None:
@@ -464,7 +464,7 @@ class Engine:
 
     def _finish(self, request: _Request, reason: str, error: str | None = None) -> None:
         completion = len([token for token in request.tokens if token not in self.eos_ids])
-        self.observer.finished(request.prompt_tokens, completion)
+        self.observer.finished(request.prompt_tokens, completion, time.perf_counter() - request.started)
         self._deliver(
             request,
             Update("", finished=True, finish_reason=reason, prompt_tokens=request.prompt_tokens,

@@ -31,6 +31,7 @@ WARMUP_TIMEOUT_S = 300.0
 FINALIZE_TIMEOUT_S = 30.0
 TTFT_BUCKETS = [0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
 TPOT_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]
+DURATION_BUCKETS = [0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0]
 
 
 def _optional(request, name):
@@ -67,6 +68,11 @@ class _Metrics:
             "Time between a request's output tokens after the first",
             histogram,
         ).Metric(labels=labels, buckets=TPOT_BUCKETS)
+        self.duration = family(
+            "batchline_request_duration_seconds",
+            "Time from request arrival to its final response (end to end, unlike nv_inference_request_duration_us)",
+            histogram,
+        ).Metric(labels=labels, buckets=DURATION_BUCKETS)
         self.running = family("batchline_requests_running", "Requests in the engine's running batch", gauge)
         self.running = self.running.Metric(labels=labels)
         self.waiting = family("batchline_requests_waiting", "Requests queued for the running batch", gauge)
@@ -88,7 +94,8 @@ class _Metrics:
     def output_token(self, seconds):
         self.tpot.observe(seconds)
 
-    def finished(self, prompt_tokens, completion_tokens):
+    def finished(self, prompt_tokens, completion_tokens, seconds):
+        self.duration.observe(seconds)
         self.prompt_tokens.increment(prompt_tokens)
         self.generation_tokens.increment(completion_tokens)
 

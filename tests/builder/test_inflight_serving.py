@@ -32,6 +32,7 @@ DEADLINE_S = 60.0
 METRICS = (
     "batchline_time_to_first_token_seconds_count",
     "batchline_time_per_output_token_seconds_count",
+    "batchline_request_duration_seconds_count",
     "batchline_requests_running",
     "batchline_requests_waiting",
     "batchline_kv_cache_blocks_used",
