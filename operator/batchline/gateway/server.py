@@ -162,11 +162,17 @@ class Gateway:
 
     @staticmethod
     def _upstream_failure(exc: UpstreamError) -> web.Response:
+        if exc.bad_request:
+            return error_response(400, f"the model refused the request: {exc.message}")
         if exc.queue_full:
             return error_response(429, f"the model's replicas are full: {exc.message}", retry_after=1)
         if exc.retryable:
             return error_response(503, f"no replica could be reached: {exc.message}", retry_after=1)
         return error_response(502, f"the model failed: {exc.message}")
+
+    @staticmethod
+    def _failure_status(exc: UpstreamError) -> int:
+        return 400 if exc.bad_request else 429 if exc.queue_full else 503 if exc.retryable else 502
 
     # --- generation -----------------------------------------------------------------------------
 
@@ -221,7 +227,7 @@ class Gateway:
                 except UpstreamError as exc:
                     if self._retry(model, lease, exc, exclude, attempt):
                         continue
-                    return self._upstream_failure(exc), (429 if exc.queue_full else 502)
+                    return self._upstream_failure(exc), self._failure_status(exc)
                 if generation.stream:
                     return await self._stream(request, generation, model, request_id, first, pieces, started)
                 return await self._collect(generation, model, request_id, first, pieces)
@@ -247,11 +253,11 @@ class Gateway:
                 parts.append(piece.text)
                 count += bool(piece.text)
         except UpstreamError as exc:
-            return self._upstream_failure(exc), 502
+            return self._upstream_failure(exc), self._failure_status(exc)
         except StopAsyncIteration:
             pass
         if piece.finish_reason == "error":
-            return error_response(502, "the model failed while generating"), 502
+            return error_response(502, f"the model failed while generating: {piece.error or 'no reason given'}"), 502
         prompt_tokens = piece.prompt_tokens or 0
         completion_tokens = piece.completion_tokens if piece.completion_tokens is not None else count
         self._tokens(model, prompt_tokens, completion_tokens)
@@ -294,7 +300,8 @@ class Gateway:
                 count += bool(piece.text)
                 if piece.final:
                     if piece.finish_reason == "error":
-                        await self._write(request, response, head + oa.error_event("the model failed while generating"))
+                        message = f"the model failed while generating: {piece.error or 'no reason given'}"
+                        await self._write(request, response, head + oa.error_event(message))
                         return response, 502
                     data = head + writer.text(piece.text, piece.finish_reason or "stop")
                     completion = piece.completion_tokens if piece.completion_tokens is not None else count
@@ -365,7 +372,7 @@ class Gateway:
             except UpstreamError as exc:
                 if self._retry(model, lease, exc, exclude, attempt):
                     continue
-                return self._upstream_failure(exc), (429 if exc.queue_full else 502)
+                return self._upstream_failure(exc), self._failure_status(exc)
             finally:
                 self._free(lease)
             data = []

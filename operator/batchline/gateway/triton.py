@@ -38,13 +38,32 @@ RETRYABLE = {grpc.StatusCode.UNAVAILABLE}
 
 class UpstreamError(Exception):
     """Triton failed the request. `retryable`: nothing reached the model (connection refused, the
-    server going away), so another replica may take it; `queue_full`: Triton's queue rejected it."""
+    server going away, an engine not accepting requests), so another replica may take it;
+    `queue_full`: Triton's queue rejected it; `bad_request`: the model refused the request itself
+    (a prompt too long for the context, messages its chat template cannot take)."""
 
-    def __init__(self, message: str, *, retryable: bool = False, queue_full: bool = False) -> None:
+    def __init__(self, message: str, *, retryable: bool = False, queue_full: bool = False,
+                 bad_request: bool = False) -> None:
         super().__init__(message)
         self.message = message
         self.retryable = retryable
         self.queue_full = queue_full
+        self.bad_request = bad_request
+
+
+# How the engine words what it refuses (model_repo_builder's RequestError and EngineUnavailableError).
+_REFUSALS = ("prompt", "chat template", "messages", "text_input", "max_tokens", "temperature", "top_p")
+_UNAVAILABLE = ("engine is stopped", "not accepting requests", "did not start")
+
+
+def in_band_error(message: str, started: bool) -> UpstreamError:
+    """An error response from the model (not a gRPC failure)."""
+    lowered = message.lower()
+    if "queue size" in lowered:
+        return UpstreamError(message, queue_full=True)
+    if not started and any(phrase in lowered for phrase in _UNAVAILABLE):
+        return UpstreamError(message, retryable=True)
+    return UpstreamError(message, bad_request=not started and any(phrase in lowered for phrase in _REFUSALS))
 
 
 def _rpc_error(exc: grpc.aio.AioRpcError, started: bool) -> UpstreamError:
@@ -143,20 +162,24 @@ def _first_int(datatype: str, raw: bytes) -> int:
 
 @dataclass(frozen=True)
 class Piece:
-    """One response: new text (all of it when not streamed), and on the final one the figures."""
+    """One response: new text (all of it when not streamed), and on the final one the figures (and
+    with finish reason `error`, the engine's message)."""
 
     text: str
     final: bool
     finish_reason: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    error: str | None = None
 
 
 def decode(response: Any, decoupled: bool) -> Piece:
-    text, finish, prompt_tokens, completion_tokens = "", None, None, None
+    text, finish, prompt_tokens, completion_tokens, error = "", None, None, None, None
     for tensor, raw in zip(response.outputs, response.raw_output_contents, strict=False):
         if tensor.name == "text_output":
             text = _first_bytes(raw)
+        elif tensor.name == "error":
+            error = _first_bytes(raw) or None
         elif tensor.name == "finish_reason":
             finish = _first_bytes(raw) or None
         elif tensor.name == "prompt_tokens":
@@ -164,7 +187,7 @@ def decode(response: Any, decoupled: bool) -> Piece:
         elif tensor.name == "completion_tokens":
             completion_tokens = _first_int(tensor.datatype, raw)
     final = response.parameters["triton_final_response"].bool_param if decoupled else True
-    return Piece(text, final, finish, prompt_tokens, completion_tokens)
+    return Piece(text, final, finish, prompt_tokens, completion_tokens, error)
 
 
 class Upstream:
@@ -275,8 +298,7 @@ class GenerationCall:
         if reply is grpc.aio.EOF:
             raise UpstreamError("the upstream stream ended before the final response", retryable=not self.started)
         if reply.error_message:
-            message = reply.error_message
-            raise UpstreamError(message, queue_full="queue size" in message.lower())
+            raise in_band_error(reply.error_message, self.started)
         piece = decode(reply.infer_response, decoupled=True)
         self.started = True
         if piece.final:
