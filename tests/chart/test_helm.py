@@ -306,3 +306,91 @@ def test_dashboard_configmap_carries_the_sidecar_label_and_the_dashboard() -> No
     assert cm["metadata"]["namespace"] == "monitoring"
     assert cm["metadata"]["annotations"] == {"grafana_folder": "Batchline"}
     assert json.loads(cm["data"]["batchline.json"]) == json.loads((CHART / "dashboards" / "batchline.json").read_text())
+
+
+GATEWAY = ["gateway.enabled=true", "gateway.podMonitor.enabled=true", "gateway.apiKeys.secretName=gateway-keys"]
+
+
+def _gateway(manifests: list[Manifest], kind: str) -> list[Manifest]:
+    return [m for m in of_kind(manifests, kind) if m["metadata"]["name"].endswith("-gateway")]
+
+
+def test_gateway_is_off_by_default() -> None:
+    assert not [m for m in render() if m["metadata"]["name"].endswith("-gateway")]
+
+
+@pytest.mark.parametrize("values", [(), (NAMESPACED,)], ids=["cluster", "namespaced"])
+def test_gateway_renders_valid_restricted_objects(values: tuple[Path, ...]) -> None:
+    out = helm("lint", "--strict", str(CHART), f"--kube-version={KUBE_VERSION}", *value_args(values, GATEWAY),
+               check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    manifests = render(values, GATEWAY)
+    version = KUBE_VERSION.lstrip("v").rsplit(".", 1)[0] + ".0"
+    for manifest in manifests:
+        if manifest["kind"] not in NO_OFFLINE_SCHEMA:
+            kubernetes_validate.validate(manifest, version, strict=True)
+    [deployment] = _gateway(manifests, "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    pod = deployment["spec"]["template"]["spec"]
+    assert _restricted_violations(pod) == []
+    assert all(c["securityContext"]["readOnlyRootFilesystem"] for c in pod["containers"])
+    assert [m["kind"] for m in _gateway(manifests, "PodDisruptionBudget")] == ["PodDisruptionBudget"]
+
+
+def test_gateway_args_parse_with_the_gateway_cli_and_follow_the_watch_mode() -> None:
+    from batchline.gateway import cli as gateway_cli
+
+    def parsed(values: tuple[Path, ...]) -> argparse.Namespace:
+        [deployment] = _gateway(render(values, GATEWAY), "Deployment")
+        [c] = deployment["spec"]["template"]["spec"]["containers"]
+        assert c["command"] == ["batchline"]
+        parser = argparse.ArgumentParser(prog="batchline")
+        gateway_cli.register(parser.add_subparsers(dest="command"))
+        return parser.parse_args(c["args"])
+
+    cluster = parsed(())
+    assert cluster.namespace is None and cluster.upstream is None and cluster.port == 8080
+    assert (cluster.max_waiting, cluster.hold_timeout, cluster.max_in_flight_per_replica) == (100, 60.0, 64)
+    assert cluster.api_key_file == "/etc/batchline-gateway/keys/keys"
+    assert parsed((NAMESPACED,)).namespace == ["team-a", "team-b"]
+
+
+def test_gateway_rbac_only_reads_llmdeployments_and_endpointslices() -> None:
+    expected = {("batchline.dev", "llmdeployments", verb) for verb in ("get", "list", "watch")}
+    expected |= {("discovery.k8s.io", "endpointslices", verb) for verb in ("get", "list", "watch")}
+    manifests = render(sets=GATEWAY)
+    [role] = _gateway(manifests, "ClusterRole")
+    assert _rules(role) == expected
+    [binding] = _gateway(manifests, "ClusterRoleBinding")
+    [account] = _gateway(manifests, "ServiceAccount")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["metadata"]["name"],
+                                    "namespace": "batchline"}]
+    namespaced = render([NAMESPACED], GATEWAY)
+    assert not _gateway(namespaced, "ClusterRole")
+    roles = _gateway(namespaced, "Role")
+    assert {r["metadata"]["namespace"] for r in roles} == {"team-a", "team-b"}
+    assert all(_rules(r) == expected for r in roles)
+
+
+def test_gateway_service_monitor_and_keys_line_up() -> None:
+    manifests = render(sets=[*GATEWAY, "monitoring.labels.release=kps"])
+    [deployment] = _gateway(manifests, "Deployment")
+    template = deployment["spec"]["template"]
+    [c] = template["spec"]["containers"]
+    ports = {p["name"] for p in c["ports"]}
+    [service] = _gateway(manifests, "Service")
+    [monitor] = _gateway(manifests, "PodMonitor")
+    for selector in (service["spec"]["selector"], monitor["spec"]["selector"]["matchLabels"],
+                     deployment["spec"]["selector"]["matchLabels"]):
+        assert selector.items() <= template["metadata"]["labels"].items()
+    # Neither selects the operator's pods.
+    operator_labels = one(manifests, "StatefulSet")["spec"]["template"]["metadata"]["labels"]
+    assert not service["spec"]["selector"].items() <= operator_labels.items()
+    assert {p["targetPort"] for p in service["spec"]["ports"]} <= ports
+    assert [e["port"] for e in monitor["spec"]["podMetricsEndpoints"]] == ["http"]
+    assert monitor["metadata"]["labels"]["release"] == "kps"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz" and c["readinessProbe"]["httpGet"]["port"] in ports
+    [keys] = [v for v in template["spec"]["volumes"] if v["name"] == "api-keys"]
+    assert keys["secret"]["secretName"] == "gateway-keys"
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "api-keys")
+    assert mount["readOnly"] and "--api-key-file=" + mount["mountPath"] + "/keys" in c["args"]
