@@ -21,6 +21,7 @@ import statistics
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -155,19 +156,16 @@ def load_test(server: TritonServer, model: str, concurrency: int, requests: int,
     counter = iter(range(requests))
 
     def worker() -> None:
-        client = httpclient.InferenceServerClient(server.http_url, network_timeout=600)
-        try:
-            for index in counter:
-                text = httpclient.InferInput("text_input", [1, 1], "BYTES")
-                text.set_data_from_numpy(np.array([[prompts[index % len(prompts)].encode()]], dtype=np.object_))
-                tokens = httpclient.InferInput("max_tokens", [1, 1], "INT32")
-                tokens.set_data_from_numpy(np.array([[max_tokens]], dtype=np.int32))
-                started = time.perf_counter()
-                client.infer(model, [text, tokens])
-                with lock:
-                    latencies.append(time.perf_counter() - started)
-        finally:
-            client.close()
+        # HTTP generate: the in-flight engine's decoupled model cannot answer HTTP /infer.
+        url = f"http://{server.http_url}/v2/models/{model}/generate"
+        for index in counter:
+            body = json.dumps({"text_input": prompts[index % len(prompts)], "max_tokens": max_tokens}).encode()
+            request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+            started = time.perf_counter()
+            with urllib.request.urlopen(request, timeout=600) as response:
+                response.read()
+            with lock:
+                latencies.append(time.perf_counter() - started)
 
     stats_client = httpclient.InferenceServerClient(server.http_url)
     before = stats_client.get_inference_statistics(model)["model_stats"][0]
