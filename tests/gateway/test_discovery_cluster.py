@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 import urllib.error
 import urllib.request
 import uuid
@@ -18,7 +19,7 @@ from kubernetes import client, config
 
 from batchline import api
 from batchline.resources.serving import common_labels, selector_labels, service
-from tests.gateway.conftest import GatewayProcess, wait_for
+from tests.gateway.conftest import GatewayProcess, metric_value, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -112,9 +113,22 @@ def test_the_gateway_follows_llmdeployments_and_their_ready_pods(
     request = urllib.request.Request(f"{gateway.url}/v1/completions", method="POST",
                                      data=json.dumps({"model": "chat", "prompt": "hi"}).encode(),
                                      headers={"Content-Type": "application/json"})
-    with pytest.raises(urllib.error.HTTPError) as raised:
-        urllib.request.urlopen(request, timeout=30)
-    assert raised.value.code == 503
+    held: dict[str, Any] = {}
+
+    def send() -> None:
+        try:
+            urllib.request.urlopen(request, timeout=30)
+        except urllib.error.HTTPError as exc:
+            held["status"] = exc.code
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    # While it is held, the demand shows per LLMDeployment (what the operator reads to scale from zero).
+    wait_for(lambda: metric_value(gateway.metrics(), "batchline_gateway_requests_waiting", llmdeployment="chat",
+                                  llmdeployment_namespace=namespace) == 1, 10, "the held request in the metrics")
+    sender.join(30)
+    assert held == {"status": 503}
+    assert metric_value(gateway.metrics(), "batchline_gateway_requests_waiting", llmdeployment="chat") == 0
 
     apps.create_namespaced_deployment(namespace, _pods("chat", 2))
     wait_for(lambda: _models(gateway).get("chat", {}).get("ready_replicas") == 2, 60, "two ready replicas")

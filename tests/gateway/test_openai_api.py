@@ -205,7 +205,9 @@ def test_metrics_cover_latency_tokens_and_status(gateway: GatewayProcess) -> Non
     assert metric_value(text, "batchline_gateway_requests_total", model="echo", code="400") == 1
     assert metric_value(text, "batchline_gateway_completion_tokens_total", model="echo") == 9
     assert metric_value(text, "batchline_gateway_prompt_tokens_total", model="echo") == 9
-    assert "batchline_gateway_requests_waiting{model=\"slow\"} 0.0" in text
+    # The demand gauges exist from the start for every model, at 0, naming the model in their own labels.
+    waiting = 'batchline_gateway_requests_waiting{llmdeployment="slow",llmdeployment_namespace="",model="slow"}'
+    assert f"{waiting} 0.0" in text
 
 
 def test_api_keys(gateway_factory: Callable[..., GatewayProcess], triton: object, tmp_path: Path) -> None:

@@ -135,6 +135,7 @@ def test_models_from_llmdeployments_and_slices() -> None:
     single = models_from(llmds[:3], slices, qualified=False)
     assert set(single) == {"chat", "embed"}  # a first build still running is not servable yet
     chat = single["chat"]
+    assert (chat.namespace, chat.name) == ("team", "chat")
     assert chat.triton_model == "llm" and [e.address for e in chat.endpoints] == ["10.1.0.1:8001"]
     assert chat.info["quantization"] == "int8-weight-only"
     assert chat.info["build"] == {"compressionRatio": "3.90", "top1Agreement": "0.977"}

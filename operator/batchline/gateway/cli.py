@@ -18,7 +18,7 @@ async def serve(args: argparse.Namespace) -> None:
 
     from batchline.gateway.auth import ApiKeys
     from batchline.gateway.discovery import KubernetesDiscovery, static_models
-    from batchline.gateway.metrics import Metrics
+    from batchline.gateway.metrics import Metrics, demand_labels
     from batchline.gateway.routing import Model, Router
     from batchline.gateway.server import Gateway, Options
     from batchline.gateway.triton import Upstreams
@@ -28,8 +28,14 @@ async def serve(args: argparse.Namespace) -> None:
         max_waiting=args.max_waiting,
         hold_timeout_s=args.hold_timeout,
         max_in_flight_per_endpoint=args.max_in_flight_per_replica,
-        on_waiting=lambda model, count: metrics.waiting.labels(model).set(count),
     )
+
+    def waiting(model_id: str, count: int) -> None:
+        model = router.models.get(model_id)
+        labels = demand_labels(model) if model is not None else (model_id, "", model_id)
+        metrics.waiting.labels(*labels).set(count)
+
+    router.on_waiting = waiting
     upstreams = Upstreams()
     loop = asyncio.get_running_loop()
     tasks: set[asyncio.Task[None]] = set()
@@ -37,8 +43,8 @@ async def serve(args: argparse.Namespace) -> None:
     def publish(models: dict[str, Model]) -> None:
         router.update(models)
         for model in models.values():  # a model's gauges exist from the start, at 0
-            metrics.waiting.labels(model.id).set(router.waiting.get(model.id, 0))
-            metrics.in_flight.labels(model.id)
+            metrics.waiting.labels(*demand_labels(model)).set(router.waiting.get(model.id, 0))
+            metrics.in_flight.labels(*demand_labels(model))
         addresses = {e.address for model in models.values() for e in model.endpoints}
         task = loop.create_task(upstreams.keep(addresses))  # close the channels of pods that are gone
         tasks.add(task)

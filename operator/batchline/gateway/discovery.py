@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs
@@ -111,6 +112,8 @@ def models_from(
             endpoints=endpoints_from(by_service.get((namespace, name), [])),
             created=_created(meta),
             info=_info(llmd, namespace),
+            namespace=namespace,
+            name=name,
         )
     return out
 
@@ -145,8 +148,7 @@ def static_models(specs: Sequence[str]) -> dict[str, Model]:
         model = parse_upstream(spec)
         if model.id in out:
             previous = out[model.id]
-            model = Model(model.id, model.triton_model, model.task, previous.endpoints + model.endpoints,
-                          previous.created, model.info)
+            model = replace(model, endpoints=previous.endpoints + model.endpoints, created=previous.created)
         out[model.id] = model
     return out
 

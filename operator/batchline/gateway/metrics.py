@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from batchline.gateway.routing import Model
+
 PREFIX = "batchline_gateway"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.25, 0.5, 1.0)
@@ -32,14 +34,23 @@ class Metrics:
                                      ["model"], registry=r)
         self.completion_tokens = Counter(f"{PREFIX}_completion_tokens",
                                          "Completion tokens, as the model counted them.", ["model"], registry=r)
+        # The two demand gauges also name the LLMDeployment in labels of their own, so the operator can
+        # match them to its objects without parsing `model` (and without clashing with the `namespace`
+        # target label a PodMonitor gives the gateway's series).
+        demand = ["model", "llmdeployment_namespace", "llmdeployment"]
         self.in_flight = Gauge(f"{PREFIX}_requests_in_flight", "Requests sent to a replica and not yet answered.",
-                               ["model"], registry=r)
+                               demand, registry=r)
         self.waiting = Gauge(f"{PREFIX}_requests_waiting",
                              "Requests held for a ready replica with room (the demand of a model scaled to zero).",
-                             ["model"], registry=r)
+                             demand, registry=r)
         self.retries = Counter(f"{PREFIX}_upstream_retries",
                                "Requests moved to another replica after a connection failure, before any token.",
                                ["model"], registry=r)
         self.cancelled = Counter(f"{PREFIX}_upstream_cancellations",
                                  "Generations cancelled upstream because the client went away or stopped reading.",
                                  ["model"], registry=r)
+
+
+def demand_labels(model: Model) -> tuple[str, str, str]:
+    """Label values of the demand gauges for `model`."""
+    return model.id, model.namespace, model.name or model.id

@@ -35,6 +35,8 @@ class Model:
     endpoints: tuple[Endpoint, ...] = ()
     created: int = 0
     info: Mapping[str, Any] = field(default_factory=dict)  # extra fields for GET /v1/models
+    namespace: str = ""  # the LLMDeployment's ("" for a static upstream)
+    name: str = ""  # the LLMDeployment's name ("" means the id)
 
     def routable(self) -> list[Endpoint]:
         return [e for e in self.endpoints if e.ready and not e.terminating]
@@ -113,7 +115,7 @@ class Router:
         self._ejected: dict[str, float] = {}
         self._changed: dict[str, asyncio.Event] = {}
         self._turn = 0
-        self._on_waiting = on_waiting
+        self.on_waiting = on_waiting
         self._clock = clock
         self.synced = False  # whether discovery has delivered a first table
 
@@ -160,8 +162,8 @@ class Router:
 
     def _set_waiting(self, model_id: str, count: int) -> None:
         self.waiting[model_id] = count
-        if self._on_waiting is not None:
-            self._on_waiting(model_id, count)
+        if self.on_waiting is not None:
+            self.on_waiting(model_id, count)
 
     async def acquire(self, model_id: str, exclude: Collection[str] = (), deadline: float | None = None) -> Lease:
         """A lease on an endpoint of `model_id`, waiting for one up to the hold timeout.

@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from batchline.gateway import openai_api as oa
 from batchline.gateway.auth import ApiKeys
-from batchline.gateway.metrics import Metrics
+from batchline.gateway.metrics import Metrics, demand_labels
 from batchline.gateway.routing import EMBEDDINGS, TEXT_GENERATION, Lease, Model, Rejected, Router, UnknownModel
 from batchline.gateway.triton import GenerationCall, Piece, UpstreamError, Upstreams
 
@@ -143,12 +143,12 @@ class Gateway:
 
     async def _place(self, model: Model, exclude: set[str], deadline: float) -> Lease:
         lease = await self.router.acquire(model.id, exclude, deadline)
-        self.metrics.in_flight.labels(model.id).inc()
+        self.metrics.in_flight.labels(*demand_labels(model)).inc()
         return lease
 
     def _free(self, lease: Lease) -> None:
         self.router.release(lease)
-        self.metrics.in_flight.labels(lease.model.id).dec()
+        self.metrics.in_flight.labels(*demand_labels(lease.model)).dec()
 
     def _retry(self, model: Model, lease: Lease, exc: UpstreamError, exclude: set[str], attempt: int) -> bool:
         if not exc.retryable or attempt + 1 >= self.options.max_attempts:
@@ -246,20 +246,20 @@ class Gateway:
 
     async def _collect(self, generation: oa.Generation, model: Model, request_id: str, first: Piece,
                        pieces: GenerationCall) -> tuple[web.StreamResponse, int]:
-        parts, piece, count = [first.text], first, int(bool(first.text))
+        parts, piece = [first.text], first
         try:
             while not piece.final:
                 piece = await pieces.next()
                 parts.append(piece.text)
-                count += bool(piece.text)
         except UpstreamError as exc:
             return self._upstream_failure(exc), self._failure_status(exc)
         except StopAsyncIteration:
             pass
         if piece.finish_reason == "error":
             return error_response(502, f"the model failed while generating: {piece.error or 'no reason given'}"), 502
+        # A model that does not count tokens (the static engine) reports none rather than a guess.
         prompt_tokens = piece.prompt_tokens or 0
-        completion_tokens = piece.completion_tokens if piece.completion_tokens is not None else count
+        completion_tokens = piece.completion_tokens or 0
         self._tokens(model, prompt_tokens, completion_tokens)
         body = oa.completion_body(generation, request_id, int(time.time()), "".join(parts),
                                   piece.finish_reason or "stop", prompt_tokens, completion_tokens)
