@@ -1,9 +1,11 @@
-"""The gateway in front of the real in-flight engine that `batchline build` writes (a tiny random
-Llama with a chat template, decoupled, streaming), driven with the `openai` client."""
+"""The gateway in front of the real engines that `batchline build` writes for a tiny random Llama with
+a chat template: the in-flight engine (decoupled, streaming) and the static one (one generate() per
+Triton batch, not decoupled), driven with the `openai` client."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import openai
@@ -18,6 +20,7 @@ pytestmark = [pytest.mark.triton, pytest.mark.torch]
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     pytest.importorskip("torch")
     from model_repo_builder import BatchingOptions, BuildOptions, Mode, QualityThresholds, TritonServer, build
+    from model_repo_builder.options import Engine
     from model_repo_builder.testing import add_chat_template, make_tiny_checkpoint
 
     root = tmp_path_factory.mktemp("engine")
@@ -27,14 +30,16 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
         quality=QualityThresholds(max_perplexity_increase=1.0, min_top1_agreement=0.0, min_cosine_similarity=0.0),
         kv_cache_tokens=1024, max_batch_tokens=256,
     )
-    result = build(checkpoint, root / "builds", options)
-    with TritonServer([Path(result.repository)]) as server:
+    inflight = build(checkpoint, root / "builds", options)
+    static = build(checkpoint, root / "builds", replace(options, model_name="static", engine=Engine.STATIC))
+    with TritonServer([Path(inflight.repository), Path(static.repository)]) as server:
         yield server
 
 
 @pytest.fixture
 def api(engine: object, gateway_factory: Callable[..., GatewayProcess]) -> openai.OpenAI:
-    gateway = gateway_factory("--upstream", f"tiny={engine.grpc_url}?triton_model=llm")  # type: ignore[attr-defined]
+    url = engine.grpc_url  # type: ignore[attr-defined]
+    gateway = gateway_factory("--upstream", f"tiny={url}?triton_model=llm", "--upstream", f"static={url}")
     return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0, timeout=120)
 
 
@@ -66,3 +71,17 @@ def test_a_prompt_too_long_for_the_engine_is_a_bad_request(api: openai.OpenAI) -
     with pytest.raises(openai.BadRequestError, match="prompt"):
         api.completions.create(model="tiny", prompt="word " * 3000, max_tokens=4)
     assert api.completions.create(model="tiny", prompt="still fine", max_tokens=2).choices[0].text is not None
+
+
+def test_the_static_engine_answers_whole_and_streamed(api: openai.OpenAI) -> None:
+    """A model that is not decoupled: one ModelInfer, its text as one chunk; no messages input, so a
+    chat request reaches it as role-prefixed lines."""
+    inflight = api.completions.create(model="tiny", prompt="The city council met", max_tokens=6, temperature=0)
+    whole = api.completions.create(model="static", prompt="The city council met", max_tokens=6, temperature=0)
+    assert whole.choices[0].text == inflight.choices[0].text  # the same weights, greedy
+    streamed = list(api.completions.create(model="static", prompt="The city council met", max_tokens=6,
+                                           temperature=0, stream=True))
+    assert "".join(c.choices[0].text for c in streamed) == whole.choices[0].text
+    assert streamed[-1].choices[0].finish_reason == "stop"
+    chat = api.chat.completions.create(model="static", messages=[{"role": "user", "content": "hi"}], max_tokens=3)
+    assert isinstance(chat.choices[0].message.content, str)
