@@ -31,6 +31,8 @@ class Reason(StrEnum):
     BUILDING = "Building"
     BUILT = "Built"
     BUILD_FAILED = "BuildFailed"
+    BUILD_BLOCKED = "BuildBlocked"  # its pod cannot start: no node fits, a missing volume, image or Secret
+    BUILD_OUT_OF_MEMORY = "BuildOutOfMemory"
     # what the spec asks of the cluster (report.feasibility)
     INVALID_MODEL_SOURCE = "InvalidModelSource"
     UNSUPPORTED_MODEL_SOURCE = "UnsupportedModelSource"

@@ -61,6 +61,8 @@ class OperatorConfig:
     build_deadline_seconds: int = 4 * 3600
     build_backoff_limit: int = 2  # pod retries inside one Job
     build_retry_seconds: float = 60.0  # wait before a failed build's next Job; doubles per attempt, max 1 h
+    # A build pod that cannot start for this long is reported (BuildBlocked) instead of shown as progress.
+    build_blocked_seconds: float = 120.0
     # A Secret with key HF_TOKEN for gated hf:// models, mounted into builders when it exists.
     hf_token_secret: str = "hf-token"
     resync_seconds: float = 30.0
@@ -97,6 +99,7 @@ class OperatorConfig:
             build_deadline_seconds=int(e.get("BATCHLINE_BUILD_DEADLINE_SECONDS", d.build_deadline_seconds)),
             build_backoff_limit=int(e.get("BATCHLINE_BUILD_BACKOFF_LIMIT", d.build_backoff_limit)),
             build_retry_seconds=float(e.get("BATCHLINE_BUILD_RETRY_SECONDS", d.build_retry_seconds)),
+            build_blocked_seconds=float(e.get("BATCHLINE_BUILD_BLOCKED_SECONDS", d.build_blocked_seconds)),
             hf_token_secret=e.get("BATCHLINE_HF_TOKEN_SECRET", d.hf_token_secret),
             resync_seconds=float(e.get("BATCHLINE_RESYNC_SECONDS", d.resync_seconds)),
             prometheus_url=e.get("BATCHLINE_PROMETHEUS_URL", d.prometheus_url),

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from batchline import api
+from batchline.conditions import Reason
 
 
 def _int(value: Any) -> int:
@@ -139,6 +141,7 @@ class BuildPodView:
     phase: str
     message: str
     created: str
+    problem: BuildProblem | None = None  # what keeps it from building, if the user must act
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> BuildPodView:
@@ -164,6 +167,7 @@ class BuildPodView:
             phase=phase,
             message=message.strip(),
             created=str(meta.get("creationTimestamp", "")),
+            problem=build_pod_problem(body),
         )
 
 
@@ -174,3 +178,94 @@ class Observed:
     deployment: DeploymentView | None
     pods: tuple[PodView, ...] = ()
     nodes: tuple[NodeView, ...] = field(default=())
+
+
+# Problems a build pod shows that the user must fix: in the spec, the namespace or the chart.
+BUILD_BLOCKED, BUILD_OUT_OF_MEMORY = Reason.BUILD_BLOCKED, Reason.BUILD_OUT_OF_MEMORY
+_IMAGE_ERRORS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
+
+
+@dataclass(frozen=True)
+class BuildProblem:
+    reason: str  # BUILD_BLOCKED | BUILD_OUT_OF_MEMORY
+    message: str  # what is wrong and what to do, for status.build.message and the Degraded condition
+    pod: str
+    secret: str | None = None  # BUILD_BLOCKED: the Secret the pod waits for
+    memory: str | None = None  # BUILD_OUT_OF_MEMORY: the memory limit the build had
+
+
+def build_pod_problem(pod: Mapping[str, Any]) -> BuildProblem | None:
+    """A build pod that cannot start (no node fits it or its volume is missing, its image cannot be pulled,
+    its token Secret or key is missing) or that was killed for memory; None for anything else. Whether a
+    pod that cannot start is a problem yet, or still a moment of scheduling, is build.state's to judge."""
+    meta, spec, status = pod["metadata"], pod.get("spec") or {}, pod.get("status") or {}
+    containers = {c.get("name"): c for c in spec.get("containers") or []}
+    scheduled = {c.get("type"): c for c in status.get("conditions") or []}.get("PodScheduled", {})
+    if (status.get("phase") or "Pending") == "Pending" and scheduled.get("status") == "False":
+        why = str(scheduled.get("message") or "no node fits it")
+        if "persistentvolumeclaim" in why:
+            fix = ("The model cache's claim is missing: install the chart with its model cache (modelCache), or "
+                   "run the operator with the local default's cache folder (batchline local up starts it so).")
+        else:
+            fix = "Lower spec.build.resources (or the chart's builder.cpu and builder.memory), or add a node that fits."
+        return BuildProblem(BUILD_BLOCKED, f"Build pod {meta['name']} cannot be scheduled: {why}. {fix}", meta["name"])
+    for state_of in status.get("containerStatuses") or []:
+        container = containers.get(state_of.get("name"), {})
+        state = state_of.get("state") or {}
+        waiting, terminated = state.get("waiting") or {}, state.get("terminated") or {}
+        if waiting.get("reason") in _IMAGE_ERRORS:
+            image = container.get("image", "its image")
+            return BuildProblem(
+                BUILD_BLOCKED,
+                f"Build pod {meta['name']} cannot pull {image}: {waiting.get('reason')}: {waiting.get('message', '')}"
+                ". Check the chart's builder.image and the pull secrets (workloadImagePullSecrets, "
+                "spec.imagePullSecrets).",
+                meta["name"],
+            )
+        if waiting.get("reason") == "CreateContainerConfigError":
+            problem = _missing_secret(meta, container, str(waiting.get("message") or ""))
+            if problem is not None:
+                return problem
+        if terminated.get("reason") == "OOMKilled":
+            limit = str(((container.get("resources") or {}).get("limits") or {}).get("memory") or "its limit")
+            more = f" (e.g. {_doubled(limit)})" if _doubled(limit) else ""
+            return BuildProblem(
+                BUILD_OUT_OF_MEMORY,
+                f"The build ran out of memory at {limit} (pod {meta['name']} was OOMKilled); set "
+                f"spec.build.resources.memory higher{more}. The builder holds the model in float32 about "
+                "twice: about 8 bytes per parameter, 64Gi for an 8B model.",
+                meta["name"],
+                memory=limit,
+            )
+    return None
+
+
+def _missing_secret(meta: Mapping[str, Any], container: Mapping[str, Any], message: str) -> BuildProblem | None:
+    """The Secret among the container's secretKeyRefs that kubelet's message names, as a BuildProblem."""
+    # kubelet: 'secret "NAME" not found', "couldn't find key KEY in Secret NAMESPACE/NAME"
+    words = set(re.findall(r"[A-Za-z0-9][-A-Za-z0-9_.]*", message))
+    refs = [
+        ref
+        for var in container.get("env") or []
+        if (ref := ((var.get("valueFrom") or {}).get("secretKeyRef"))) and ref.get("name") in words
+    ]
+    if not refs:
+        return None
+    ref = max(refs, key=lambda r: len(r["name"]))
+    name, key, namespace = ref["name"], ref.get("key", ""), meta.get("namespace", "")
+    if re.search(r"couldn't find key|has no key", message) and not re.search(r"not found", message):
+        what = f'Secret "{name}" in namespace {namespace} has no key "{key}"'
+        fix = "Add the token under that key, or set spec.model.tokenSecretRef.key to the key that holds it."
+    else:
+        what = f'Secret "{name}" does not exist in namespace {namespace}'
+        fix = (
+            f"Create it (kubectl create secret generic {name} -n {namespace} --from-literal={key}=<token>), "
+            "or fix spec.model.tokenSecretRef; the build starts once it exists."
+        )
+    text = f"{what} (spec.model.tokenSecretRef), so build pod {meta['name']} cannot start: {message}. {fix}"
+    return BuildProblem(BUILD_BLOCKED, text, meta["name"], secret=name)
+
+
+def _doubled(quantity: str) -> str | None:
+    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)([A-Za-z]*)", quantity)
+    return f"{float(match.group(1)) * 2:g}{match.group(2)}" if match else None

@@ -15,6 +15,7 @@ def run(args: argparse.Namespace) -> int:
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
     import batchline.controller.handlers  # noqa: F401  (registers the handlers)
+    from batchline.controller.resilience import install_outage_log
 
     kwargs: dict[str, Any] = {"standalone": args.standalone, "priority": args.priority}
     if args.namespace:
@@ -26,6 +27,7 @@ def run(args: argparse.Namespace) -> int:
     if args.peering:
         kwargs["peering_name"] = args.peering
     kopf.configure(verbose=args.verbose)
+    install_outage_log()
     if not args.verbose:  # one line per handler run per object is noise at resync rates
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     asyncio.run(kopf.operator(**kwargs))

@@ -5,8 +5,12 @@ served latency stays high under load: what is checked is the operator's reaction
 
 from __future__ import annotations
 
+import json
+import re
+import socket
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,11 +19,13 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 from kubernetes import client
+from prometheus_client.parser import text_string_to_metric_families
 
+from batchline.report import metrics
 from devcluster.operator_process import OperatorProcess
 from devcluster.prometheus import PrometheusServer, ScrapeTarget
 from model_repo_builder.triton_server import TritonServer
-from tests.integration.conftest import OPERATOR_ENV, LLMDs, wait_for
+from tests.integration.conftest import OPERATOR_ENV, REPO, LLMDs, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.triton, pytest.mark.prometheus]
 
@@ -102,6 +108,39 @@ class Load:
             t.join(timeout=10)
 
 
+# Exported only once a pass has raised (its label is the exception's class), which none does here.
+ONLY_ON_ERRORS = {"batchline_reconcile_errors_total"}
+
+
+def _operator_metrics_shown_to_users() -> set[str]:
+    """The operator's metrics that docs/observability.md lists and that the Grafana dashboard queries."""
+    doc = (REPO / "docs" / "observability.md").read_text().split("## The operator's metrics")[1].split("\n## ")[0]
+    named = set(re.findall(r"`(batchline_[a-z_]+)`", doc))
+    panels = json.dumps(json.loads((REPO / "charts" / "batchline" / "dashboards" / "batchline.json").read_text()))
+    families = {m.name for m in metrics.REGISTRY.collect()}
+    for name in set(re.findall(r"\b(batchline_[a-z_]+)", panels)):
+        family = re.sub(r"_(bucket|sum|count|total)$", "", name)
+        if family in families:  # the gateway's and the engine's metrics come from other exporters
+            named.add(name)
+    return named - ONLY_ON_ERRORS
+
+
+def _exported(port: int) -> set[str]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    out = set()
+    for family in text_string_to_metric_families(text):
+        if family.samples:
+            out |= {family.name} | {s.name for s in family.samples}
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 def _replicas(kube: client.ApiClient, namespace: str, name: str) -> int:
     return int(client.AppsV1Api(kube).read_namespaced_deployment(name, namespace).spec.replicas)
 
@@ -118,11 +157,13 @@ def test_scales_up_under_load_down_when_idle_and_holds_without_prometheus(
 ) -> None:
     labels = {"namespace": namespace, "batchline_dev_llmdeployment": "chat"}
     prometheus = PrometheusServer([ScrapeTarget(f"127.0.0.1:{triton.metrics_port}", labels)]).start()
+    metrics_port = _free_port()
     operator = OperatorProcess(
         Path(cluster.operator_kubeconfig),
         tmp_path / "operator.log",
         env={
             **OPERATOR_ENV,
+            "BATCHLINE_METRICS_PORT": str(metrics_port),
             "BATCHLINE_PROMETHEUS_URL": prometheus.url,
             "BATCHLINE_AUTOSCALE_TICK_SECONDS": str(TICK),
             "BATCHLINE_RESYNC_SECONDS": "5",
@@ -165,6 +206,9 @@ def test_scales_up_under_load_down_when_idle_and_holds_without_prometheus(
         assert client.CoreV1Api(kube).list_namespaced_event(namespace, field_selector="reason=ScaledUp").items, (
             "every scale decision posts an Event"
         )
+        # Every operator metric the docs and the dashboard show a user is exported once the operator has scaled.
+        missing = _operator_metrics_shown_to_users() - _exported(metrics_port)
+        assert not missing, f"documented or charted but not exported: {sorted(missing)}"
         # GitOps: scaling changed the Deployment, never what Argo CD compares on the LLMDeployment.
         scaled = llmds.get("chat")
         assert scaled["spec"] == created["spec"]

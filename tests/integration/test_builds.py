@@ -15,7 +15,7 @@ import pytest
 from kubernetes import client
 
 from batchline import api
-from batchline.build.state import BUILD_BLOCKED, build_pod_problem
+from batchline.observed import BUILD_BLOCKED, build_pod_problem
 from tests.integration.conftest import LLMDs, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("operator")]

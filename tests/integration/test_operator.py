@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 import urllib.request
 from pathlib import Path
@@ -337,3 +339,45 @@ def test_killed_mid_reconcile_converges_without_duplicates_or_churn(
 def test_examples_pass_the_api_servers_validation(cluster: Any, namespace: str, example: Path) -> None:
     out = kubectl(cluster.kubeconfig, "apply", "--dry-run=server", "-n", namespace, "-f", str(example), check=False)
     assert out.returncode == 0, out.stderr
+
+
+OUTAGE_SECONDS = 30
+
+
+def test_an_api_server_and_etcd_outage_is_ridden_out_without_a_restart_or_duplicates(
+    kube: client.ApiClient,
+    namespace: str,
+    llmds: LLMDs,
+    cluster: Any,
+    operator: OperatorProcess,
+    request: pytest.FixtureRequest,
+) -> None:
+    cluster.add_node(NodeSpec("cpu-1", gpus=0))  # CPU-only replicas need an untainted node
+    request.addfinalizer(lambda: cluster.remove_node("cpu-1"))
+    spec = {"model": {"source": SOURCE}, "resources": {"gpu": {"count": 0}, "cpu": "100m"}}
+    llmds.create("before", spec)
+    wait_for(lambda: _ready(llmds, "before", 1), timeout=180, what="before Ready")
+    pid, log_from = operator.pid, len(operator.log_text())
+    components = cluster.status()["components"]
+    request.addfinalizer(cluster.up)  # whatever happens below, the next tests get their control plane back
+    for name in ("kube-apiserver", "etcd"):
+        os.kill(components[name]["pid"], signal.SIGKILL)  # a crash, or a control-plane node lost
+    wait_for(lambda: not any(cluster.status()["components"][n]["running"] for n in ("kube-apiserver", "etcd")),
+             timeout=30, what="the API server and etcd to stop")
+    time.sleep(OUTAGE_SECONDS)  # the outage itself, not a wait for a condition
+    cluster.up()
+    outage_log = operator.log_text()[log_from:]
+    # Work that arrives after the outage: a spec change and a new object.
+    llmds.patch_spec("before", {"serving": {"maxBatchSize": 4}})
+    llmds.create("after", spec)
+    for name in ("before", "after"):
+        wait_for(lambda name=name: _ready(llmds, name, 1), timeout=180, what=f"{name} Ready after the outage")
+    assert operator.running and operator.pid == pid  # recovered without a restart of its own
+    apps = client.AppsV1Api(kube)
+    deployments = sorted(d.metadata.name for d in apps.list_namespaced_deployment(namespace).items)
+    services = sorted(s.metadata.name for s in client.CoreV1Api(kube).list_namespaced_service(namespace).items)
+    assert deployments == services == ["after", "before"]
+    # The outage is logged, but not once per retry of every watch: a bounded number of lines.
+    noisy = [line for line in outage_log.splitlines() if line.strip()]
+    assert any("unreachable" in line for line in noisy), operator.log_text()[-6000:]
+    assert len(noisy) <= 20, "\n".join(noisy[:60])

@@ -5,8 +5,8 @@ from __future__ import annotations
 from batchline import api
 from batchline.build.catalogue import CacheEntry, collectable
 from batchline.build.spec_key import repository_inputs, repository_key
-from batchline.build.state import BUILD_BLOCKED, BUILD_OUT_OF_MEMORY, build_pod_problem
 from batchline.config import OperatorConfig
+from batchline.observed import BUILD_BLOCKED, BUILD_OUT_OF_MEMORY, build_pod_problem
 from batchline.resources.build_job import HF_HOME, build_job, builder_args
 from batchline.resources.model_cache import gc_job
 from tests.crd_schema import llmd

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -21,6 +20,9 @@ from batchline.observed import BuildPodView, JobView
 from batchline.timestamps import rfc3339
 
 READY, BUILDING, FAILED = "Ready", "Building", "Failed"
+# A build pod that cannot start for this long (no node fits it, a missing volume, image or Secret) is a problem
+# to report, not a moment of scheduling.
+BLOCKED_AFTER_SECONDS = 120.0
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,7 @@ class BuildState:
 
     def status(self) -> dict[str, Any]:
         """status.build: what a user reads to follow the build and judge its result."""
-        out: dict[str, Any] = {"key": self.key, "phase": self.phase, "message": self.message}
+        out: dict[str, Any] = {"key": self.key, "phase": self.phase, "reason": self.reason, "message": self.message}
         optional = {"job": self.job, "attempt": self.attempt or None, "retryAt": self.retry_at}
         out |= {k: v for k, v in optional.items() if v is not None}
         found = self.entry or self.record
@@ -96,7 +98,9 @@ def decide(
     pods: Sequence[BuildPodView],
     now: float,
     retry_base_seconds: float,
+    blocked_after_seconds: float = BLOCKED_AFTER_SECONDS,
 ) -> BuildState:
+    """Where the build of `key` stands, and the next step to take (all of it from what the cluster shows)."""
     if entry is not None:
         return BuildState(key, READY, Reason.CACHED, f"Build {key} is in the model cache.", entry=entry)
     if not jobs:
@@ -108,7 +112,18 @@ def decide(
     started, finished = _epoch(job.start_time), _epoch(job.finished_at)
     if started is not None and finished is not None:
         base = replace(base, seconds=max(finished - started, 0.0))
+    oom = next((p.problem for p in job_pods if p.problem and p.problem.reason == Reason.BUILD_OUT_OF_MEMORY), None)
+    if oom is not None:
+        # Not retried: the same inputs run out of memory again, and more memory (spec.build.resources) is a
+        # new build key, which builds at once.
+        message = f"Build {key} failed (attempt {job.attempt}): {oom.message}"
+        return replace(base, phase=FAILED, reason=Reason.BUILD_OUT_OF_MEMORY, message=message)
     if job.finished is None:
+        blocked = newest.problem if newest is not None else None
+        since = _epoch(newest.created) if newest is not None else None
+        if blocked is not None and since is not None and now - since >= blocked_after_seconds:
+            # Not progress: nothing moves until the user acts. The Job stays; its pod starts once the cause goes.
+            return replace(base, reason=Reason.BUILD_BLOCKED, message=f"Build {key} is blocked: {blocked.message}")
         detail = "waiting for its pod"
         if newest is not None and newest.phase == "Succeeded":
             detail = f"pod {newest.name} finished"  # its message is the report, recorded once the Job completes
@@ -123,6 +138,8 @@ def decide(
     failed = [p for p in job_pods if p.phase == "Failed" and p.message]
     stuck = [p for p in job_pods if p.message]
     cause = failed[-1].message if failed else f"{stuck[-1].message} ({job.message})" if stuck else job.message
+    held = next((p.problem for p in reversed(job_pods) if p.problem), None)
+    cause = held.message if held is not None else cause  # what the user must fix, not the Job's BackoffLimitExceeded
     retry = (finished or now) + retry_delay(job.attempt, retry_base_seconds)
     base = replace(base, phase=FAILED, reason=Reason.BUILD_FAILED)
     message = f"Build {key} failed (attempt {job.attempt}): {cause}"
@@ -130,75 +147,3 @@ def decide(
         return replace(base, message=f"{message} Retrying now.", start_attempt=job.attempt + 1, delete_job=job.name)
     at = rfc3339(retry)
     return replace(base, message=f"{message} Next attempt at {at}.", retry_at=at)
-
-
-# Problems a build pod shows that the user must fix in the spec or the namespace: pure functions of
-# the pod as the API server returns it (the reason and the limits are not in BuildPodView).
-BUILD_BLOCKED, BUILD_OUT_OF_MEMORY = "BuildBlocked", "BuildOutOfMemory"
-
-
-@dataclass(frozen=True)
-class BuildProblem:
-    reason: str  # BUILD_BLOCKED | BUILD_OUT_OF_MEMORY
-    message: str  # what is wrong and what to do, for status.build.message and the Degraded condition
-    pod: str
-    secret: str | None = None  # BUILD_BLOCKED: the Secret the pod waits for
-    memory: str | None = None  # BUILD_OUT_OF_MEMORY: the memory limit the build had
-
-
-def build_pod_problem(pod: Mapping[str, Any]) -> BuildProblem | None:
-    """A build pod held by a missing token Secret or key (kubelet: waiting, CreateContainerConfigError,
-    naming the Secret), or killed for memory (terminated, OOMKilled); None for anything else."""
-    meta, spec, status = pod["metadata"], pod.get("spec") or {}, pod.get("status") or {}
-    containers = {c.get("name"): c for c in spec.get("containers") or []}
-    for state_of in status.get("containerStatuses") or []:
-        container = containers.get(state_of.get("name"), {})
-        state = state_of.get("state") or {}
-        waiting, terminated = state.get("waiting") or {}, state.get("terminated") or {}
-        if waiting.get("reason") == "CreateContainerConfigError":
-            problem = _missing_secret(meta, container, str(waiting.get("message") or ""))
-            if problem is not None:
-                return problem
-        if terminated.get("reason") == "OOMKilled":
-            limit = str(((container.get("resources") or {}).get("limits") or {}).get("memory") or "its limit")
-            more = f" (e.g. {_doubled(limit)})" if _doubled(limit) else ""
-            return BuildProblem(
-                BUILD_OUT_OF_MEMORY,
-                f"The build ran out of memory at {limit} (pod {meta['name']} was OOMKilled); set "
-                f"spec.build.resources.memory higher{more}. The builder holds the model in float32 about "
-                "twice: about 8 bytes per parameter, 64Gi for an 8B model.",
-                meta["name"],
-                memory=limit,
-            )
-    return None
-
-
-def _missing_secret(meta: Mapping[str, Any], container: Mapping[str, Any], message: str) -> BuildProblem | None:
-    """The Secret among the container's secretKeyRefs that kubelet's message names, as a BuildProblem."""
-    # kubelet: 'secret "NAME" not found', "couldn't find key KEY in Secret NAMESPACE/NAME"
-    words = set(re.findall(r"[A-Za-z0-9][-A-Za-z0-9_.]*", message))
-    refs = [
-        ref
-        for var in container.get("env") or []
-        if (ref := ((var.get("valueFrom") or {}).get("secretKeyRef"))) and ref.get("name") in words
-    ]
-    if not refs:
-        return None
-    ref = max(refs, key=lambda r: len(r["name"]))
-    name, key, namespace = ref["name"], ref.get("key", ""), meta.get("namespace", "")
-    if re.search(r"couldn't find key|has no key", message) and not re.search(r"not found", message):
-        what = f'Secret "{name}" in namespace {namespace} has no key "{key}"'
-        fix = "Add the token under that key, or set spec.model.tokenSecretRef.key to the key that holds it."
-    else:
-        what = f'Secret "{name}" does not exist in namespace {namespace}'
-        fix = (
-            f"Create it (kubectl create secret generic {name} -n {namespace} --from-literal={key}=<token>), "
-            "or fix spec.model.tokenSecretRef; the build starts once it exists."
-        )
-    text = f"{what} (spec.model.tokenSecretRef), so build pod {meta['name']} cannot start: {message}. {fix}"
-    return BuildProblem(BUILD_BLOCKED, text, meta["name"], secret=name)
-
-
-def _doubled(quantity: str) -> str | None:
-    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)([A-Za-z]*)", quantity)
-    return f"{float(match.group(1)) * 2:g}{match.group(2)}" if match else None

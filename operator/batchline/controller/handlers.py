@@ -27,6 +27,7 @@ from batchline.controller.indexes import BUILDS, CATALOGUE, OWNED, IndexView, Ke
 from batchline.controller.kube_client import KubeClient
 from batchline.controller.passes import Passes
 from batchline.controller.reconcile import Reconciler, collect_cache, reconcile
+from batchline.controller.resilience import EndlessBackoff
 from batchline.controller.writer import Writer
 from batchline.report import metrics
 
@@ -66,6 +67,7 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     for kind in WATCHED_CHILDREN:
         settings.watching.label_selectors[kind] = f"{api.LABEL_MANAGED_BY}={api.MANAGED_BY}"
     settings.watching.server_timeout = 300
+    settings.networking.error_backoffs = EndlessBackoff()  # an API-server outage of any length is ridden out
     try:
         config.load_incluster_config()
     except config.ConfigException:
@@ -88,11 +90,17 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
 
 
 def _refresh_metrics(scaler: Scaler, stop: threading.Event) -> None:
-    """One set of Prometheus queries per tick, for all LLMDeployments at once."""
+    """One set of Prometheus queries per tick, for all LLMDeployments at once. Logs when the metrics' state
+    changes, not every tick (ScalingActive on each object says it all along)."""
+    previous = Status.OK
     while not stop.is_set():
         result = scaler.refresh()
-        if result.status is not Status.OK:
-            log.warning("autoscaler metrics: %s", result.detail)
+        if result.status is not previous:
+            if result.status is Status.OK:
+                log.info("autoscaler metrics are back")
+            else:
+                log.warning("autoscaler metrics: %s", result.detail)
+            previous = result.status
         stop.wait(CONFIG.autoscale_tick_seconds)
 
 

@@ -136,7 +136,7 @@ def _build(
     jobs = view.build_jobs(namespace, key)
     state = build_state.decide(
         key, view.cache(namespace).get(key), jobs, view.build_pods(namespace, key), time.time(),
-        config.build_retry_seconds,
+        config.build_retry_seconds, config.build_blocked_seconds,
     )  # fmt: skip
     if not act:
         return state
@@ -219,11 +219,12 @@ def reconcile(llmd: Mapping[str, Any], view: ClusterView, ctx: Reconciler) -> Pa
         problems=problems, desired=desired, now=rfc3339(), scale=scale, build=build.status(), serving_key=serving_key,
     )  # fmt: skip
     metrics.record_replicas(namespace, name, desired, new["replicas"], new["readyReplicas"])
+    metrics.record_status(namespace, name, spec, new)
     if new["build"]["phase"] == build_state.FAILED and (current.get("build") or {}).get("phase") != build_state.FAILED:
         metrics.build_finished(namespace, name, succeeded=False, seconds=build.seconds or 0.0)
     if status_changed(current, new) and writer.write_status(llmd, current, new):
         result.writes += 1
-        changed = [(c["type"], c["reason"]) for c in new["conditions"] if c not in current.get("conditions", [])]
+        changed = [f"{c['type']}={c['reason']}" for c in new["conditions"] if c not in current.get("conditions", [])]
         log.info("status of %s/%s: %s", namespace, name, changed)
         result.events += writer.post_events(llmd, transition_events(current.get("conditions") or [], new["conditions"]))
     return result

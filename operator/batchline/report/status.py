@@ -57,10 +57,15 @@ def _scaling_condition(spec: Mapping[str, Any], scale: ScaleView | None, desired
     )
 
 
+# Build states the user must act on: Degraded, and no longer progress.
+_BUILD_PROBLEMS = (Reason.BUILD_FAILED, Reason.BUILD_BLOCKED, Reason.BUILD_OUT_OF_MEMORY)
+
+
 def _model_condition(build: Mapping[str, Any], serving_key: str | None) -> dict[str, Any]:
     if build["phase"] == READY:
         return _cond(Type.MODEL_READY, TRUE, Reason.BUILT, build["message"])
-    reason = Reason.BUILD_FAILED if build["phase"] == FAILED else Reason.BUILDING
+    reason = build.get("reason") if build.get("reason") in _BUILD_PROBLEMS else None
+    reason = reason or (Reason.BUILD_FAILED if build["phase"] == FAILED else Reason.BUILDING)
     if serving_key is not None:
         message = f"{build['message']} Pods keep serving build {serving_key} until then."
         return _cond(Type.MODEL_READY, FALSE, reason, message)
@@ -117,8 +122,8 @@ def _conditions(
 
     if blocking:
         degraded = _cond(Type.DEGRADED, TRUE, blocking[0].reason, blocking[0].message)
-    elif model["reason"] == Reason.BUILD_FAILED:
-        degraded = _cond(Type.DEGRADED, TRUE, Reason.BUILD_FAILED, model["message"])
+    elif model["reason"] in _BUILD_PROBLEMS:
+        degraded = _cond(Type.DEGRADED, TRUE, model["reason"], model["message"])
     elif schedulable["status"] == FALSE:
         degraded = _cond(Type.DEGRADED, TRUE, schedulable["reason"], schedulable["message"])
     else:
