@@ -118,6 +118,7 @@ def echo_repository(tmp_path_factory: pytest.TempPathFactory) -> EchoRepository:
     write_generation_model(repository, "echo", delay_ms=2, events_file=events)  # quick answers
     write_generation_model(repository, "slow", delay_ms=40, events_file=events)  # tokens one can watch
     write_generation_model(repository, "fast", delay_ms=0.2, events_file=events)  # floods a slow reader
+    write_generation_model(repository, "stuck", delay_ms=4000, events_file=events)  # silent past a timeout
     write_embedding_model(repository, "embed")
     return EchoRepository(repository, events)
 

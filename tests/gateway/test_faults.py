@@ -136,3 +136,16 @@ def test_a_client_that_stops_reading_is_dropped_and_its_generation_cancelled(
     connection.request("POST", "/v1/completions", body=json.dumps({"model": "fast", "prompt": "ok"}),
                        headers={"Content-Type": "application/json"})
     assert connection.getresponse().status == 200
+
+
+def test_a_model_that_sends_nothing_times_out_with_504_and_is_cancelled(
+    gateway_factory: Callable[..., GatewayProcess], triton: TritonServer, echo_repository: EchoRepository
+) -> None:
+    gateway = gateway_factory("--upstream", f"stuck={triton.grpc_url}", "--upstream-timeout", "1")
+    before = echo_repository.cancellations()
+    started = time.monotonic()
+    with pytest.raises(openai.InternalServerError) as raised:
+        client(gateway).chat.completions.create(model="stuck", messages=[{"role": "user", "content": "a b"}],
+                                                stream=True)
+    assert raised.value.status_code == 504 and time.monotonic() - started < 3.5
+    wait_for(lambda: echo_repository.cancellations() > before, 15, "the silent generation to be cancelled")

@@ -36,7 +36,7 @@ async def serve(args: argparse.Namespace) -> None:
         metrics.waiting.labels(*labels).set(count)
 
     router.on_waiting = waiting
-    upstreams = Upstreams()
+    upstreams = Upstreams(args.upstream_timeout)
     loop = asyncio.get_running_loop()
     tasks: set[asyncio.Task[None]] = set()
 
@@ -113,5 +113,8 @@ def register(sub: Any) -> None:
     p.add_argument("--client-write-timeout", type=float, default=30.0,
                    help="seconds a streaming client may read nothing before it is dropped and its generation "
                         "cancelled (default 30)")
+    p.add_argument("--upstream-timeout", type=float, default=300.0,
+                   help="seconds the model may send nothing (before its first token, or between two) before the "
+                        "request fails: 504, or an error event mid-stream (default 300)")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=run)

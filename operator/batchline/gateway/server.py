@@ -166,13 +166,17 @@ class Gateway:
             return error_response(400, f"the model refused the request: {exc.message}")
         if exc.queue_full:
             return error_response(429, f"the model's replicas are full: {exc.message}", retry_after=1)
+        if exc.timeout:
+            return error_response(504, f"the model did not answer in time: {exc.message}")
         if exc.retryable:
             return error_response(503, f"no replica could be reached: {exc.message}", retry_after=1)
         return error_response(502, f"the model failed: {exc.message}")
 
     @staticmethod
     def _failure_status(exc: UpstreamError) -> int:
-        return 400 if exc.bad_request else 429 if exc.queue_full else 503 if exc.retryable else 502
+        if exc.bad_request:
+            return 400
+        return 429 if exc.queue_full else 504 if exc.timeout else 503 if exc.retryable else 502
 
     # --- generation -----------------------------------------------------------------------------
 

@@ -43,12 +43,13 @@ class UpstreamError(Exception):
     (a prompt too long for the context, messages its chat template cannot take)."""
 
     def __init__(self, message: str, *, retryable: bool = False, queue_full: bool = False,
-                 bad_request: bool = False) -> None:
+                 bad_request: bool = False, timeout: bool = False) -> None:
         super().__init__(message)
         self.message = message
         self.retryable = retryable
         self.queue_full = queue_full
         self.bad_request = bad_request
+        self.timeout = timeout  # the model sent nothing within the upstream timeout
 
 
 # How the engine words what it refuses (model_repo_builder's RequestError and EngineUnavailableError).
@@ -70,7 +71,9 @@ def _rpc_error(exc: grpc.aio.AioRpcError, started: bool) -> UpstreamError:
     details = exc.details() or str(exc.code())
     queue_full = "queue size" in details.lower()
     retryable = not started and exc.code() in RETRYABLE and not queue_full
-    return UpstreamError(f"upstream {exc.code().name}: {details}", retryable=retryable, queue_full=queue_full)
+    timeout = exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    return UpstreamError(f"upstream {exc.code().name}: {details}", retryable=retryable, queue_full=queue_full,
+                         timeout=timeout)
 
 
 @dataclass(frozen=True)
@@ -193,12 +196,12 @@ def decode(response: Any, decoupled: bool) -> Piece:
 class Upstream:
     """One Triton server (a pod's gRPC port): a channel and its models' configs."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, timeout_s: float = 300.0) -> None:
         self.address = address
-        self.channel = grpc.aio.insecure_channel(address, options=[
-            ("grpc.max_receive_message_length", 64 << 20),
-            ("grpc.keepalive_time_ms", 30_000),
-        ])
+        self.timeout_s = timeout_s  # longest wait for any one response (or a unary call)
+        # No keepalive pings: Triton's gRPC server answers frequent pings on a quiet stream (a long
+        # prefill) with GOAWAY. A dead pod shows as a reset connection, a silent one as the timeout.
+        self.channel = grpc.aio.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 << 20)])
         self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
         self._shapes: dict[str, ModelShape] = {}
 
@@ -233,7 +236,7 @@ class Upstream:
             tensor.shape.extend(([len(batch)] if shape.max_batch_size > 0 else []) + dims)
             message.raw_input_contents.append(_encode("BYTES", batch))
             try:
-                reply = await self.stub.ModelInfer(message)
+                reply = await self.stub.ModelInfer(message, timeout=self.timeout_s)
             except grpc.aio.AioRpcError as exc:
                 raise _rpc_error(exc, started=False) from None
             index = [o.name for o in reply.outputs].index("embedding")
@@ -263,7 +266,7 @@ class GenerationCall:
         message = generation_request(shape, self.model, self.request, self.request_id, stream=self.request.stream)
         if not shape.decoupled:
             try:
-                reply = await self.upstream.stub.ModelInfer(message)
+                reply = await self.upstream.stub.ModelInfer(message, timeout=self.upstream.timeout_s)
             except grpc.aio.AioRpcError as exc:
                 raise _rpc_error(exc, started=False) from None
             self._unary = decode(reply, decoupled=False)
@@ -292,7 +295,11 @@ class GenerationCall:
             self.started = self.finished = True
             return self._unary
         try:
-            reply = await self._call.read()
+            async with asyncio.timeout(self.upstream.timeout_s):
+                reply = await self._call.read()
+        except TimeoutError:
+            self._call.cancel()
+            raise UpstreamError(f"the model sent nothing for {self.upstream.timeout_s:g} s", timeout=True) from None
         except grpc.aio.AioRpcError as exc:
             raise _rpc_error(exc, self.started) from None
         if reply is grpc.aio.EOF:
@@ -320,13 +327,14 @@ class GenerationCall:
 class Upstreams:
     """A channel per address, made on first use and closed once the address leaves the table."""
 
-    def __init__(self) -> None:
+    def __init__(self, timeout_s: float = 300.0) -> None:
+        self.timeout_s = timeout_s
         self._by_address: dict[str, Upstream] = {}
 
     def get(self, address: str) -> Upstream:
         upstream = self._by_address.get(address)
         if upstream is None:
-            upstream = self._by_address[address] = Upstream(address)
+            upstream = self._by_address[address] = Upstream(address, self.timeout_s)
         return upstream
 
     async def keep(self, addresses: set[str]) -> None:
