@@ -23,6 +23,10 @@ async def serve(args: argparse.Namespace) -> None:
     from batchline.gateway.server import Gateway, Options
     from batchline.gateway.triton import Upstreams
 
+    try:
+        keys = ApiKeys(args.api_key_file)
+    except OSError as exc:
+        raise SystemExit(f"batchline gateway: cannot read {args.api_key_file}: {exc.strerror}") from None
     metrics = Metrics()
     router = Router(
         max_waiting=args.max_waiting,
@@ -59,7 +63,6 @@ async def serve(args: argparse.Namespace) -> None:
 
         discovery = KubernetesDiscovery(from_thread, args.namespace or (), args.kubeconfig)
         discovery.start()
-    keys = ApiKeys(args.api_key_file)
     options = Options(max_request_bytes=args.max_request_bytes, client_write_timeout_s=args.client_write_timeout)
     app = Gateway(router, upstreams, metrics, keys, options).app()
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)

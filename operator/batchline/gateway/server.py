@@ -81,6 +81,11 @@ class Gateway:
             if exc.status == 413:
                 message = f"the request body is larger than {self.options.max_request_bytes} bytes"
             return error_response(exc.status, message)
+        except ConnectionError:
+            raise
+        except Exception:
+            log.exception("%s %s failed", request.method, request.path)
+            return error_response(500, "the gateway failed on this request; see its log")
 
     # --- models ---------------------------------------------------------------------------------
 
