@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -12,9 +13,15 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_a_plain_install_ships_the_operator_and_no_dev_tooling(tmp_path: Path) -> None:
+    # The whole checkout, as `COPY . .` would take it (the build writes its scratch folder beside the sources).
+    source = tmp_path / "src"
+    scratch = shutil.ignore_patterns(".git", ".venv", "*.egg-info", "__pycache__")
+    shutil.copytree(REPO, source, ignore=lambda folder, names: [*scratch(folder, names), *(
+        ["build"] if Path(folder) == REPO else []
+    )])
     pip = [sys.executable, "-m", "pip"]
     subprocess.run(
-        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(REPO)],
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(source)],
         check=True, capture_output=True, timeout=300,
     )  # fmt: skip
     [wheel] = tmp_path.glob("batchline-*.whl")

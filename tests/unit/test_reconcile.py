@@ -399,3 +399,50 @@ def test_a_scale_event_follows_the_write_that_scales_and_never_a_skipped_one() -
     reconcile(blocked, cluster, ctx)
     assert not [e for e in cluster.events if e.reason in ("ScaledUp", "ScaledDown") and e is not cluster.events[0]]
     assert cluster.replicas_seen == [1, 3]  # a decision that is not applied posts nothing
+
+
+class Held:
+    def __init__(self) -> None:
+        self.requests = 0.0
+
+    def waiting(self, namespace: str, name: str) -> float:
+        return self.requests
+
+
+def test_requests_held_by_the_gateway_wake_a_model_at_zero_and_keep_it_up_for_its_window() -> None:
+    cluster = FakeCluster()
+    obj = llmd(autoscaling={"minReplicas": 0, "maxReplicas": 3, "scaleDownStabilizationSeconds": 300})
+    obj["metadata"]["resourceVersion"] = "0"
+    held, scale = Held(), FixedScale(0)
+    ctx = Reconciler(Writer(cluster), scale, CFG, demand=held)
+    reconcile(obj, cluster, ctx)
+    assert cluster.replicas_seen == [0]  # idle: nothing runs
+    held.requests = 2
+    result = reconcile(obj, cluster, ctx)
+    assert result.scaled == (0, 1) and cluster.replicas_seen == [0, 1]
+    assert [e.message for e in cluster.events] == ["0 -> 1 replicas: scaled from zero: 2 requests held by the gateway"]
+    held.requests = 0  # the held requests went to the new replica; the autoscaler still says 0 (no metrics yet)
+    assert reconcile(obj, cluster, ctx).scaled is None and cluster.replicas_seen == [0, 1]
+    ctx.woken[obj["metadata"]["uid"]] -= 301  # its scale-down window has passed
+    assert reconcile(obj, cluster, ctx).scaled == (1, 0)
+
+
+def test_held_demand_reads_the_gateways_gauge_per_llmdeployment_and_wakes_nothing_without_prometheus() -> None:
+    from batchline.autoscaler.demand import HeldDemand
+
+    class Prom:
+        up = True
+
+        def custom_query(self, query: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+            if not self.up:
+                raise OSError("connection refused")
+            assert "batchline_gateway_requests_waiting" in query
+            metric = {"llmdeployment_namespace": "team-a", "llmdeployment": "chat"}
+            idle = {**metric, "llmdeployment": "idle"}
+            return [{"metric": metric, "value": [0, "3"]}, {"metric": idle, "value": [0, "0"]}]
+
+    prom = Prom()
+    demand = HeldDemand(prom)
+    assert demand.refresh() is None and demand.held() == [("team-a", "chat")] and demand.waiting("team-a", "chat") == 3
+    prom.up = False
+    assert "refused" in (demand.refresh() or "") and demand.held() == []

@@ -20,6 +20,7 @@ from urllib3.util.retry import Retry
 from batchline import api
 from batchline.autoscaler import Status
 from batchline.autoscaler.actuator import Scaler, query_config
+from batchline.autoscaler.demand import HeldDemand
 from batchline.build import catalogue, collector
 from batchline.config import OperatorConfig
 from batchline.controller import indexes
@@ -81,20 +82,28 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         writer=Writer(kube),
         scaler=Scaler(prom, query_config(CONFIG), on_decision=metrics.record_scale_decision),
         config=dataclasses.replace(CONFIG, pod_monitors=kube.has_kind("monitoring.coreos.com/v1", "PodMonitor")),
+        demand=HeldDemand(prom),
     )
     memo.indexes = {}  # kopf's live indexes, as the first handler call hands them over (see _trigger)
     memo.passes = Passes[Key](lambda key: _pass(key, memo), PASS_WORKERS)
     memo.stop = threading.Event()
-    threading.Thread(target=_refresh_metrics, args=(memo.reconciler.scaler, memo.stop), daemon=True).start()
+    threading.Thread(target=_refresh_metrics, args=(memo,), daemon=True).start()
     memo.metrics_server = metrics.start_exporter()
 
 
-def _refresh_metrics(scaler: Scaler, stop: threading.Event) -> None:
+def _refresh_metrics(memo: kopf.Memo) -> None:
     """One set of Prometheus queries per tick, for all LLMDeployments at once. Logs when the metrics' state
-    changes, not every tick (ScalingActive on each object says it all along)."""
+    changes, not every tick (ScalingActive on each object says it all along). A model with requests held for
+    it at the gateway gets a pass at once: at zero replicas, that is what starts one."""
+    scaler, demand, stop = memo.reconciler.scaler, memo.reconciler.demand, memo.stop
     previous = Status.OK
     while not stop.is_set():
         result = scaler.refresh()
+        demand.refresh()
+        view = IndexView(memo.indexes) if memo.indexes else None
+        for namespace, name in demand.held() if view else ():
+            if view is not None and view.llmd((namespace, name)) is not None:
+                memo.passes.trigger((namespace, name))
         if result.status is not previous:
             if result.status is Status.OK:
                 log.info("autoscaler metrics are back")

@@ -14,6 +14,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from batchline.autoscaler import demand
 from batchline.autoscaler.actuator import ScaleView
 from batchline.build import collector
 from batchline.build import state as build_state
@@ -54,6 +55,19 @@ class Autoscaler(Protocol):
     def tick(self, llmd: Mapping[str, Any], current: int, ready: int, unschedulable: int) -> ScaleView | None: ...
 
 
+class Demand(Protocol):
+    """autoscaler.demand.HeldDemand: requests the gateway holds for a model with no ready replica."""
+
+    def waiting(self, namespace: str, name: str) -> float: ...
+
+
+class NoGateway:
+    """Where no gateway runs, nothing is held and nothing wakes a model at zero."""
+
+    def waiting(self, namespace: str, name: str) -> float:
+        return 0.0
+
+
 class StampedChildren:
     """resources.serving.children() stamped with their hashes, kept per object: most passes (a pod's, the
     namespace tick's) build the same children again, and stamping hashes each of them."""
@@ -89,12 +103,16 @@ class Reconciler:
     writer: Writer
     scaler: Autoscaler
     config: OperatorConfig
+    demand: Demand = field(default_factory=NoGateway)
     children: StampedChildren = field(default_factory=StampedChildren)
+    # When a model at zero last had requests held for it, per uid (see autoscaler.demand.wake).
+    woken: dict[str, float] = field(default_factory=dict)
 
     def forget(self, llmd: Mapping[str, Any]) -> None:
         """Drops what is remembered of a deleted LLMDeployment."""
         meta = llmd["metadata"]
         self.children.forget(meta["uid"])
+        self.woken.pop(meta["uid"], None)
         kinds = ("Deployment", "Service", "PodDisruptionBudget", "PodMonitor")
         self.writer.forget(meta["uid"], [(kind, meta["namespace"], meta["name"]) for kind in kinds])
 
@@ -169,9 +187,22 @@ def _rollout_unobserved(deployment: DeploymentView | None, writer: Writer, names
     )
 
 
-def _scale_event(before: int, after: int, scale: ScaleView) -> Event:
+def _scale_event(before: int, after: int, why: str) -> Event:
     reason = EventReason.SCALED_UP if after > before else EventReason.SCALED_DOWN
-    return Event("Normal", reason, f"{before} -> {after} replicas: {scale.reason}")
+    return Event("Normal", reason, f"{before} -> {after} replicas: {why}")
+
+
+def _woken(llmd: Mapping[str, Any], desired: int, ctx: Reconciler) -> str | None:
+    """Why a model the autoscaler keeps at zero must run a replica now (requests held for it), or None."""
+    meta, scaling = llmd["metadata"], llmd["spec"]["autoscaling"]
+    if not scaling["enabled"] or desired > 0 or scaling["maxReplicas"] < 1:
+        return None
+    waiting, now = ctx.demand.waiting(meta["namespace"], meta["name"]), time.monotonic()
+    if waiting > 0:
+        ctx.woken[meta["uid"]] = now
+    if not demand.wake(desired, waiting, ctx.woken.get(meta["uid"]), now, scaling["scaleDownStabilizationSeconds"]):
+        return None
+    return f"scaled from zero: {waiting:g} requests held by the gateway" if waiting else "woken from zero moments ago"
 
 
 def reconcile(llmd: Mapping[str, Any], view: ClusterView, ctx: Reconciler) -> PassResult:
@@ -188,6 +219,8 @@ def reconcile(llmd: Mapping[str, Any], view: ClusterView, ctx: Reconciler) -> Pa
     pods = view.pods(namespace, name)
     scale = _decide_scale(llmd, deployment, pods, ctx.scaler)
     desired = desired_replicas(spec, deployment, scale)
+    wake = _woken(llmd, desired, ctx)
+    desired = 1 if wake else desired
     blocked = any(p.blocking for p in problems)
     build = _build(llmd, view, ctx, act=not blocked, result=result)
     # A new build replaces the served one only when it is ready: until then the old pods keep serving.
@@ -204,10 +237,11 @@ def reconcile(llmd: Mapping[str, Any], view: ClusterView, ctx: Reconciler) -> Pa
         deployment_written = "Deployment" in applied
         if applied:
             log.info("applied %s of %s/%s", ", ".join(applied), namespace, name)
-        if deployment_written and deployment is not None and deployment.spec_replicas != desired and scale:
+        why = wake or (scale.reason if scale else None)
+        if deployment_written and deployment is not None and deployment.spec_replicas != desired and why:
             # The Event follows the write that scales, never a decision that was not applied.
             result.scaled = (deployment.spec_replicas, desired)
-            result.events += writer.post_events(llmd, [_scale_event(*result.scaled, scale)])
+            result.events += writer.post_events(llmd, [_scale_event(*result.scaled, why)])
     if deployment_written or unseen or _rollout_unobserved(deployment, writer, namespace, name):
         # The Deployment's watch events start the next pass, which writes the status once the
         # controller-manager has seen the new generation (the namespace tick covers it being down).

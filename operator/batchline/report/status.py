@@ -134,7 +134,10 @@ def _conditions(
     elif dep is None and serving_key is None:
         ready = _cond(Type.READY, FALSE, model["reason"], model["message"])
     elif desired == 0:
-        ready = _cond(Type.READY, TRUE, Reason.SCALED_TO_ZERO, "Scaled to zero replicas; the first request scales up.")
+        ready = _cond(Type.READY, TRUE, Reason.SCALED_TO_ZERO, (
+            "Scaled to zero replicas (spec.autoscaling.minReplicas is 0). A request through the Batchline gateway "
+            "is held while one replica starts; requests sent to the model's Service directly fail until then."
+        ))
     elif ready_replicas >= 1:
         ready = _cond(Type.READY, TRUE, Reason.SERVING, f"{ready_replicas} of {desired} replicas are ready to serve.")
     elif schedulable["status"] == FALSE:
