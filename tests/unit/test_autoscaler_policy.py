@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 
-from batchline.autoscaler.policy import Decision, MetricSample, ScalerState, decide
+from batchline.autoscaler.policy import REQUESTS, TOKENS, Decision, MetricSample, ScalerState, decide, pressure
 from batchline.autoscaler.spec import AutoscalingSpec
 
 SPEC = AutoscalingSpec(min_replicas=1, max_replicas=20, target_latency_ms=10_000)
@@ -23,7 +23,7 @@ def sample(t: float, rate: float, pending: float = 0.0, latency: float = 2000.0)
 
 def learnt(capacity: float, ready: int) -> ScalerState:
     """A policy that has learnt `capacity` req/s per replica on a pool steady since t=0."""
-    return ScalerState(capacity_rps=capacity, ready=ready, ready_since=0.0)
+    return ScalerState(unit=REQUESTS, capacity=capacity, ready=ready, ready_since=0.0)
 
 
 def cliff(per_replica: float) -> float:
@@ -169,20 +169,20 @@ def test_constant_load_gives_zero_scale_events_once_settled() -> None:
 def test_latency_over_target_near_plan_cuts_capacity_and_sets_ceiling() -> None:
     state = learnt(1.0, 4)
     d = decide([sample(120, 4.0, latency=40_000)], 4, 4, SPEC, state, 120)
-    assert d.state.capacity_rps == pytest.approx(0.5)
-    assert d.state.capacity_ceiling_rps == pytest.approx(1.0)
+    assert d.state.capacity == pytest.approx(0.5)
+    assert d.state.capacity_ceiling == pytest.approx(1.0)
     assert d.replicas > 4
 
 
 def test_comfortable_latency_at_plan_raises_capacity() -> None:
     d = decide([sample(120, 4.0, latency=1000)], 4, 4, SPEC, learnt(1.0, 4), 120)
-    assert d.state.capacity_rps is not None and d.state.capacity_rps > 1.0
+    assert d.state.capacity is not None and d.state.capacity > 1.0
 
 
 def test_unsteady_pool_teaches_nothing() -> None:
     state = replace(learnt(1.0, 4), ready_since=100.0)
     d = decide([sample(120, 4.0, latency=40_000)], 6, 4, SPEC, state, 120)
-    assert d.state.capacity_rps == 1.0
+    assert d.state.capacity == 1.0
 
 
 def test_state_survives_a_json_round_trip() -> None:
@@ -192,3 +192,105 @@ def test_state_survives_a_json_round_trip() -> None:
     s = sample(1.0, 2.0, latency=NAN)
     assert json.loads(json.dumps(s.to_dict()))["latency_ms"] is None
     assert math.isnan(MetricSample.from_dict(s.to_dict()).latency_ms)
+
+
+def token_sample(
+    t: float, rate: float, prompt: float, output: float, pending: float = 0.0, running: float = 10.0, **slo: float
+) -> MetricSample:
+    """A sample from the in-flight engine: requests/s, prompt and output tokens/s, TTFT/TPOT means."""
+    return MetricSample(
+        timestamp=t,
+        request_rate=rate,
+        pending=pending,
+        prompt_tokens_rate=prompt,
+        output_tokens_rate=output,
+        running=running,
+        ttft_mean_ms=slo.get("ttft_mean", 200.0),
+        tpot_mean_ms=slo.get("tpot_mean", 20.0),
+        ttft_ms=slo.get("ttft", 400.0),
+        tpot_ms=slo.get("tpot", 30.0),
+        latency_ms=slo.get("latency", 3000.0),
+    )
+
+
+TTFT_SPEC = AutoscalingSpec(
+    min_replicas=1, max_replicas=100, target_time_to_first_token_ms=1000, target_time_per_output_token_ms=50
+)
+
+
+def tokens_learnt(capacity: float, ready: int, weight: float = 0.1) -> ScalerState:
+    return ScalerState(unit=TOKENS, capacity=capacity, prompt_weight=weight, ready=ready, ready_since=0.0)
+
+
+def test_spec_targets_any_subset_and_zero_turns_latency_off() -> None:
+    both = AutoscalingSpec.from_crd({"targetTimeToFirstTokenMs": 500, "targetTimePerOutputTokenMs": 40})
+    assert both.targets_ms() == {"latency": 2000, "ttft": 500, "tpot": 40}  # 2000: as the API server defaults it
+    ttft = AutoscalingSpec.from_crd({"targetLatencyMs": 0, "targetTimeToFirstTokenMs": 500})
+    assert ttft.targets_ms() == {"ttft": 500}
+    with pytest.raises(ValueError, match="at least one"):
+        AutoscalingSpec.from_crd({"targetLatencyMs": 0})
+    with pytest.raises(ValueError, match="targetTimePerOutputTokenMs"):
+        AutoscalingSpec.from_crd({"targetTimePerOutputTokenMs": -1})
+
+
+def test_pressure_is_the_worst_target_that_is_set() -> None:
+    s = token_sample(0, 1.0, 1000, 100, ttft=1500.0, tpot=20.0, latency=90_000.0)
+    assert pressure(s, TTFT_SPEC) == (1.5, "ttft")  # the e2e latency is not a target here
+    assert pressure(replace(s, ttft_ms=NAN, tpot_ms=NAN), TTFT_SPEC)[1] == ""
+
+
+def test_demand_is_counted_in_tokens_so_shorter_requests_are_not_more_load() -> None:
+    # 4 req/s of 2,000 prompt and 100 output tokens; the same tokens as 16 req/s of a quarter the size.
+    few = run_token_ticks(tokens_learnt(300.0, 4), 4, rate=4.0, prompt=8000.0, output=400.0)
+    many = run_token_ticks(tokens_learnt(300.0, 4), 4, rate=16.0, prompt=8000.0, output=400.0)
+    # (400 + 0.1 * 8000) / 300 per replica = 4, whatever the request count.
+    assert {d.replicas for d in few} == {d.replicas for d in many} == {4}
+    assert few[-1].state.capacity == many[-1].state.capacity == 300.0
+    # Four times the output tokens at the same request rate is more demand: (1600 + 800) / 300 = 8.
+    longer = run_token_ticks(tokens_learnt(300.0, 4), 4, rate=4.0, prompt=8000.0, output=1600.0)
+    assert longer[-1].replicas >= 8
+
+
+def run_token_ticks(state: ScalerState, replicas: int, ticks: int = 12, **load: float) -> list[Decision]:
+    decisions = []
+    for i in range(ticks):
+        now = 15.0 * i
+        # Queue steady, SLOs inside the band where capacity is neither raised nor cut.
+        s = token_sample(now, load["rate"], load["prompt"], load["output"], pending=1.0, ttft=850.0, tpot=42.0)
+        d = decide([s], replicas, replicas, TTFT_SPEC, state, now)
+        decisions.append(d)
+        state, replicas = d.state, d.replicas
+    return decisions
+
+
+def test_a_missed_ttft_cuts_capacity_and_holds_scale_down() -> None:
+    state = tokens_learnt(300.0, 4)
+    d = decide([token_sample(120, 4.0, 8000, 400, ttft=4000.0)], 4, 4, TTFT_SPEC, state, 120)
+    assert d.state.capacity is not None and d.state.capacity < 300.0
+    low = decide([token_sample(135, 0.5, 1000, 50, ttft=4000.0)], 4, 4, TTFT_SPEC, state, 135)
+    assert low.replicas == 4 and "ttft 4000ms over target, no scale-down" in low.reason
+
+
+def test_prompt_weight_is_measured_from_ttft_and_tpot_when_nothing_waits() -> None:
+    # 2 req/s of 1,000-token prompts: 100 ms TTFT is 0.1 ms per prompt token; TPOT 20 ms with 10
+    # sequences running on one replica is 2 ms per output token: a prompt token weighs 0.05.
+    s = token_sample(0, 2.0, 2000, 200, running=10.0, ttft_mean=100.0, tpot_mean=20.0)
+    d = decide([s], 1, 1, TTFT_SPEC, ScalerState(), 0)
+    assert d.state.prompt_weight == pytest.approx(0.05)
+    queued = decide([replace(s, pending=5.0, ttft_mean_ms=5000.0)], 1, 1, TTFT_SPEC, d.state, 15)
+    assert queued.state.prompt_weight == pytest.approx(0.05)  # queueing inside TTFT teaches nothing
+
+
+def test_no_replicas_are_added_while_no_request_arrives() -> None:
+    """Traffic stopped with a backlog: completions drain it, arrivals are zero, replicas never rise."""
+    state, replicas, pending = learnt(1.0, 4), 4, 400.0
+    counts = []
+    for i in range(40):
+        now = 15.0 * i
+        rate = 4.0 if pending else 0.0  # the backlog drains at 4 req/s, nothing new arrives
+        d = decide([sample(now, rate, pending=pending, latency=60_000)], replicas, replicas, SPEC, state, now)
+        state, replicas, pending = d.state, d.replicas, max(0.0, pending - 60.0)
+        counts.append(d.replicas)
+        if i:
+            assert d.replicas <= counts[-2], d.reason
+    assert counts[-1] < max(counts)  # and once it is idle it scales down

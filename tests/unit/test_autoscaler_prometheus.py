@@ -56,7 +56,9 @@ def healthy() -> dict[str, list[dict[str, Any]]]:
 def test_one_query_per_signal_grouped_by_object_labels() -> None:
     queries = QueryConfig().queries()
     assert set(queries) == set(TEMPLATES)
-    assert all("by (namespace, llmdeployment" in q for q in queries.values())
+    per_object = {k: q for k, q in queries.items() if not k.startswith("gateway_")}
+    assert all("by (namespace, llmdeployment" in q for q in per_object.values())
+    assert all("by (model" in q for k, q in queries.items() if k.startswith("gateway_"))
     assert 'quantile=~"0.5|0.9|0.95|0.99"' in queries["latency_quantile_ms"]
     assert "max by (namespace, llmdeployment, quantile)" in queries["latency_quantile_ms"]
     assert "[60s]" in queries["request_rate"]
@@ -123,3 +125,61 @@ def test_empty_prometheus_means_no_data() -> None:
     result = fetch(FakePrometheus({}), QueryConfig(), now=NOW)
     assert result.status is Status.OK and result.keys() == []
     assert result.for_object(ObjectKey("team-a", "chat"), 0.95, 60).status is Status.NO_DATA
+
+
+def engine_and_gateway() -> dict[str, list[dict[str, Any]]]:
+    """Triton's metrics plus the in-flight engine's histograms and counters, and the gateway's."""
+    gw_a, gw_b = {"model": "team-a/chat"}, {"model": "code"}
+    return {
+        "batchline_gateway_time_to_first_token_seconds_bucket": [row({**gw_a, "quantile": "0.95"}, 640.0)],
+        "batchline_gateway_time_to_first_token_seconds_sum": [row(gw_a, 300.0)],
+        "batchline_gateway_requests_waiting": [row(gw_a, 3.0), row(gw_b, 1.0)],
+        "batchline_time_to_first_token_seconds_bucket": [
+            row({**A, "quantile": "0.95"}, 500.0),
+            row({**B, "quantile": "0.95"}, 450.0),
+        ],
+        "batchline_time_per_output_token_seconds_bucket": [row({**A, "quantile": "0.95"}, 42.0)],
+        "batchline_time_per_output_token_seconds_sum": [row(A, 30.0)],
+        "batchline_request_duration_seconds_bucket": [row({**A, "quantile": "0.95"}, 9000.0)],
+        "batchline_request_duration_seconds_count": [row(A, 4.0)],
+        "batchline_prompt_tokens_total": [row(A, 8000.0)],
+        "batchline_generation_tokens_total": [row(A, 900.0)],
+        "batchline_requests_running": [row(A, 20.0)],
+        "batchline_requests_waiting": [row(A, 5.0), row(B, 0.0)],
+        **healthy(),
+    }
+
+
+def test_histogram_quantiles_are_cluster_wide_for_every_allowed_quantile() -> None:
+    q = QueryConfig(selector='job="triton"', gateway_selector='job="gateway"').queries()
+    ttft = q["engine_ttft_q_ms"]
+    metric = 'batchline_time_to_first_token_seconds_bucket{job="triton"}'
+    inner = f"sum by (namespace, llmdeployment, le) (rate({metric}[60s]))"
+    assert f"histogram_quantile(0.95, {inner})" in ttft
+    assert ttft.count("histogram_quantile(") == 4 and '"quantile", "0.99"' in ttft
+    gateway = q["gateway_ttft_q_ms"]
+    metric = 'batchline_gateway_time_to_first_token_seconds_bucket{job="gateway"}'
+    assert f"sum by (model, le) (rate({metric}[60s]))" in gateway
+
+
+def test_gateway_then_engine_then_triton_signals_fill_the_sample() -> None:
+    result = fetch(FakePrometheus(engine_and_gateway()), QueryConfig(), now=NOW)
+    chat = result.for_object(ObjectKey("team-a", "chat"), 0.95, staleness_s=60)
+    assert chat.status is Status.OK and chat.sample is not None
+    s = chat.sample
+    # TTFT as clients see it (the gateway's), TPOT and end-to-end from the engine's histograms.
+    assert (s.ttft_ms, s.tpot_ms, s.latency_ms, s.latency_is_mean) == (640.0, 42.0, 9000.0, False)
+    # Demand in tokens, requests finished by the engine, waiting at the engine and at the gateway.
+    assert (s.prompt_tokens_rate, s.output_tokens_rate, s.request_rate) == (8000.0, 900.0, 4.0)
+    assert (s.running, s.pending) == (20.0, 5.0 + 3.0)
+    # A bare model name at the gateway matches the object of that name; no engine: Triton's figures.
+    code = result.for_object(ObjectKey("team-b", "code"), 0.95, staleness_s=60).sample
+    assert code is not None and code.ttft_ms == 450.0 and code.pending == 0.0 + 1.0
+    assert math.isnan(code.output_tokens_rate) and code.request_rate == 1.25
+
+
+def test_without_engine_or_gateway_series_token_signals_are_nan() -> None:
+    result = fetch(FakePrometheus(healthy()), QueryConfig(), now=NOW)
+    s = result.for_object(ObjectKey("team-a", "chat"), 0.95, staleness_s=60).sample
+    assert s is not None and not s.tokens_known()
+    assert math.isnan(s.ttft_ms) and math.isnan(s.tpot_ms) and s.latency_ms == 2500.0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +19,20 @@ from batchline_tools.autoscale_sim.baselines import (
     simulate_policy,
 )
 from batchline_tools.autoscale_sim.plot import plot_results
-from batchline_tools.autoscale_sim.simulator import PoolView, ReplicaProfile, SimConfig, simulate
+from batchline_tools.autoscale_sim.simulator import CPU_SMOLLM2, PoolView, SimConfig, Targets, simulate
 from batchline_tools.autoscale_sim.trace import Trace, load_trace
 
-METRICS = ("slo_attainment", "minutes_within_slo", "replica_hours", "scale_events", "p95_latency_ms")
+METRICS = (
+    "slo_attainment",
+    "latency_attainment",
+    "minutes_within_slo",
+    "replica_hours",
+    "horizon_s",
+    "scale_events",
+    "p95_latency_ms",
+    "p95_ttft_ms",
+    "refused",
+)
 SPEC = AutoscalingSpec(min_replicas=1, max_replicas=12, target_latency_ms=10_000)
 
 
@@ -56,15 +68,67 @@ def test_trace_without_required_columns_is_rejected(tmp_path: Path) -> None:
         load_trace(path)
 
 
-def test_batching_raises_throughput_and_longer_requests_take_longer() -> None:
-    profile = ReplicaProfile()
-    one = profile.batch_seconds(1000, 100, 1)
-    eight = profile.batch_seconds(8000, 100, 8)
-    assert eight < 8 * one  # a batch of 8 beats 8 batches of 1
-    assert profile.batch_seconds(1000, 200, 1) > one and profile.batch_seconds(4000, 100, 1) > one
+def burst(n: int, context: int, generated: int, at: float = 0.0) -> Trace:
+    return Trace("burst", np.full(n, at), np.full(n, context), np.full(n, generated))
 
 
-@pytest.mark.parametrize("policy", ["batchline", "hpa", "keda"])
+def test_in_flight_batching_serves_concurrent_requests_together() -> None:
+    """One CPU replica: eight requests at once finish far sooner than eight one after another,
+    each waits for the prompts ahead of it (TTFT), and decodes at the batch's step time (TPOT)."""
+    config = SimConfig(profile=CPU_SMOLLM2, initial_replicas=1)
+    alone = simulate(burst(1, 200, 50), ScaleOnceTo(1), Targets(latency_ms=1e9), config)
+    eight = simulate(burst(8, 200, 50), ScaleOnceTo(1), Targets(latency_ms=1e9), config)
+    assert eight.p95_latency_ms < 3 * alone.p95_latency_ms
+    assert eight.p95_ttft_ms > alone.p95_ttft_ms  # later prompts wait for earlier chunks
+    step = CPU_SMOLLM2.step_ms(0, 8, 8 * 225) / 1000
+    assert eight.p95_tpot_ms == pytest.approx(step * 1000, rel=0.15)
+
+
+def test_the_kv_cache_limits_the_batch_and_refuses_what_can_never_fit() -> None:
+    config = SimConfig(profile=CPU_SMOLLM2, initial_replicas=1)  # 8,192 KV tokens per replica
+    trace = Trace("kv", np.zeros(4), np.array([3000, 3000, 3000, 9000]), np.full(4, 100))
+    result = simulate(trace, ScaleOnceTo(1), Targets(latency_ms=1e9), config)
+    assert result.refused == 1 and result.unfinished == 0
+    assert result.slo_attainment == pytest.approx(0.75)  # the refused request misses its SLO
+    # Two of the three fit at once; the third starts only when one of them frees its cache.
+    config_big = replace(config, profile=replace(CPU_SMOLLM2, kv_cache_tokens=20_000))
+    roomy = simulate(trace, ScaleOnceTo(1), Targets(latency_ms=1e9), config_big)
+    assert roomy.refused == 0 and roomy.p95_ttft_ms < result.p95_ttft_ms
+
+
+def awkward_traces() -> list[Trace]:
+    """A load that stops dead, a long idle tail after a little traffic, and prompts too big for the cache."""
+    rng = np.random.default_rng(3)
+    heavy = np.sort(rng.uniform(0, 600, 6000))
+    stop = Trace("abrupt", heavy, rng.integers(500, 4000, 6000), rng.integers(20, 400, 6000))
+    idle = np.concatenate([np.sort(rng.uniform(0, 120, 300)), [3000.0]])
+    tail = Trace("idle-tail", idle, np.full(301, 1000), np.full(301, 100))
+    huge = Trace("huge", np.arange(200) * 0.5, np.where(np.arange(200) % 10 == 0, 500_000, 30_000), np.full(200, 50))
+    return [stop, tail, huge]
+
+
+@pytest.mark.parametrize("policy", ["batchline", "hpa", "keda", "concurrency"])
+def test_no_impossible_figure_on_abrupt_idle_or_huge_traces(policy: str) -> None:
+    spec = AutoscalingSpec(min_replicas=1, max_replicas=200, target_time_to_first_token_ms=2000)
+    for trace in awkward_traces():
+        result = simulate_policy(trace, policy, spec, SimConfig())
+        metrics = result.metrics()
+        numbers = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+        assert all(math.isfinite(v) and v >= 0 for v in numbers.values()), (trace.name, metrics)
+        assert 0 <= result.slo_attainment <= 1 and result.replica_hours > 0
+        assert result.horizon_s >= trace.duration_s
+        assert result.refused + result.unfinished <= result.requests
+        if trace.name == "huge":
+            assert result.refused == 20  # 500k-token prompts: more than the KV cache holds
+        if policy == "batchline":
+            tl = result.timeline
+            # No replica is added once requests stop arriving (after the rate window that shows it).
+            quiet = tl.replicas[tl.t > (600 + 60 if trace.name == "abrupt" else 180)]
+            if trace.name != "huge":
+                assert np.all(np.diff(quiet) <= 0), (trace.name, quiet)
+
+
+@pytest.mark.parametrize("policy", ["batchline", "hpa", "keda", "concurrency"])
 def test_every_policy_reports_the_metrics(trace_csv: Path, policy: str) -> None:
     result = simulate_policy(load_trace(trace_csv), policy, SPEC, SimConfig())
     metrics = result.metrics()

@@ -16,16 +16,26 @@ LABELS = {"namespace": "team-a", "llmdeployment": "chat"}
 
 
 class FakePrometheus:
-    """Answers every query with one series for `chat`; `pending` drives the queue signal."""
+    """Answers every Triton query with one series for `chat`; `pending` drives the queue signal.
 
-    def __init__(self, pending: float, latency_ms: float = 3000.0, up: bool = True) -> None:
+    With `ttft_ms` the in-flight engine's TTFT histogram answers too; other engine and gateway
+    series are absent (a Triton-only deployment)."""
+
+    def __init__(
+        self, pending: float, latency_ms: float = 3000.0, up: bool = True, ttft_ms: float | None = None
+    ) -> None:
         self.pending, self.latency_ms, self.up, self.queries = pending, latency_ms, up, 0
+        self.ttft_ms = ttft_ms
 
     def custom_query(self, query: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         self.queries += 1
         if not self.up:
             raise OSError(f"connection refused (attempt {self.queries})")  # real errors differ each time
         at = (params or {}).get("time", 0.0)
+        if "batchline_time_to_first_token_seconds_bucket" in query and self.ttft_ms is not None:
+            return [{"metric": {**LABELS, "quantile": "0.95"}, "value": [at, str(self.ttft_ms)]}]
+        if "batchline_" in query:
+            return []
         if "summary" in query:
             return [{"metric": {**LABELS, "quantile": "0.95"}, "value": [at, str(self.latency_ms)]}]
         if "time()" in query:
@@ -100,3 +110,17 @@ def test_each_decision_on_a_new_sample_is_recorded_once_with_a_code_fit_for_a_la
     scaler.refresh(now=1015.0)
     scaler.tick(OBJ, current=view.replicas, ready=view.replicas, unschedulable=0, now=1015.0)
     assert records[-1].code is DecisionCode.NO_METRICS and records[-1].desired == view.replicas
+
+
+def test_status_shows_the_observed_value_of_each_target_in_use() -> None:
+    ttft_obj = llmd(
+        name="chat", autoscaling={"maxReplicas": 8, "targetLatencyMs": 0, "targetTimeToFirstTokenMs": 500}
+    )
+    scaler = _scaler(FakePrometheus(pending=0, ttft_ms=750.0))
+    scaler.refresh(now=1000.0)
+    view = scaler.tick(ttft_obj, current=2, ready=2, unschedulable=0, now=1000.0)
+    assert view.ttft_ms == 750 and view.tpot_ms is None
+    # An object that does not target TTFT does not show it, though the engine reports it.
+    plain = _scaler(FakePrometheus(pending=0, ttft_ms=750.0))
+    plain.refresh(now=1000.0)
+    assert plain.tick(OBJ, current=2, ready=2, unschedulable=0, now=1000.0).ttft_ms is None

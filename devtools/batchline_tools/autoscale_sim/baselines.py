@@ -1,4 +1,5 @@
-"""Controllers the simulator compares: Batchline's policy, the Kubernetes HPA and KEDA.
+"""Controllers the simulator compares: Batchline's policy, the Kubernetes HPA, KEDA, and a
+concurrency target (requests in flight per replica, as KubeAI and Knative scale).
 
 The HPA follows pkg/controller/podautoscaler (calcPlainMetricReplicas,
 GetExternalPerPodMetricReplicas, stabilizeRecommendationWithBehaviors,
@@ -14,12 +15,15 @@ from dataclasses import dataclass, replace
 
 from batchline.autoscaler.policy import ScalerState, decide
 from batchline.autoscaler.spec import AutoscalingSpec
-from batchline_tools.autoscale_sim.simulator import PoolView, SimConfig, SimResult, simulate
+from batchline_tools.autoscale_sim.simulator import PoolView, SimConfig, SimResult, Targets, simulate
 from batchline_tools.autoscale_sim.trace import Trace
 
-POLICIES = ("batchline", "hpa", "keda")
+POLICIES = ("batchline", "hpa", "keda", "concurrency")
 # KEDA trigger threshold: pending requests per replica (llm-d's queueLengthThreshold is 5).
 DEFAULT_KEDA_THRESHOLD = 5.0
+# Concurrency target as a fraction of the engine's sequence slots (Knative's default target
+# utilization is 70% of the container concurrency; KubeAI's targetRequests is set per model).
+CONCURRENCY_UTILIZATION = 0.7
 
 
 @dataclass(frozen=True)
@@ -152,19 +156,50 @@ def external_average_value_replicas(
 
 
 class HpaController:
-    """HPA on the per-pod latency quantile (Pods metric via prometheus-adapter, AverageValue target)."""
+    """HPA on the per-pod quantile of each SLO that is set (one Pods metric each via
+    prometheus-adapter, AverageValue targets); with several metrics the HPA takes the largest
+    recommendation, and acts only when at least one metric could be computed."""
 
     name = "hpa"
+    reads_pods = True  # per-pod metrics, which only the HPA reads (they cost simulation time)
 
     def __init__(self, spec: AutoscalingSpec) -> None:
-        self.target_ms = float(spec.target_latency_ms)
+        self.targets_ms = {kind: float(v) for kind, v in spec.targets_ms().items()}
         self.core = HpaCore(spec.min_replicas, spec.max_replicas)
 
     def desired(self, view: PoolView) -> int:
         if not self.core.due(view.now):
             return view.replicas
-        wanted = pods_metric_replicas(view.pod_latency_ms, self.target_ms, view.replicas)
-        return self.core.reconcile(view.now, view.replicas, wanted)
+        pods = view.pod_metrics_ms or {"latency": view.pod_latency_ms}
+        wanted = [
+            pods_metric_replicas(pods[kind], target, view.replicas)
+            for kind, target in self.targets_ms.items()
+            if kind in pods
+        ]
+        known = [w for w in wanted if w is not None]
+        return self.core.reconcile(view.now, view.replicas, max(known) if known else None)
+
+
+class ConcurrencyController:
+    """Requests in flight (running plus waiting) per replica against a target, averaged over a
+    60 s window (KubeAI's and Knative's stable window), with the HPA's behaviors around it."""
+
+    name = "concurrency"
+
+    def __init__(self, spec: AutoscalingSpec, target: float, window_s: float = 60.0) -> None:
+        self.target = target
+        self.window_s = window_s
+        self.core = HpaCore(spec.min_replicas, spec.max_replicas)
+        self.seen: list[tuple[float, float]] = []
+
+    def desired(self, view: PoolView) -> int:
+        self.seen = [(t, v) for t, v in self.seen if t > view.now - self.window_s]
+        self.seen.append((view.now, view.sample.in_flight()))
+        if not self.core.due(view.now):
+            return view.replicas
+        average = sum(v for _, v in self.seen) / len(self.seen)
+        wanted = external_average_value_replicas(average, self.target, view.replicas)
+        return self.core.reconcile(view.now, view.replicas, max(1, wanted))
 
 
 class KedaController:
@@ -230,13 +265,20 @@ class BatchlineController:
         return decision.replicas
 
 
+AnyController = BatchlineController | HpaController | KedaController | ConcurrencyController
+
+
 def make_controller(
-    policy: str, spec: AutoscalingSpec, keda_threshold: float = DEFAULT_KEDA_THRESHOLD
-) -> BatchlineController | HpaController | KedaController:
-    factories: dict[str, Callable[[], BatchlineController | HpaController | KedaController]] = {
+    policy: str,
+    spec: AutoscalingSpec,
+    keda_threshold: float = DEFAULT_KEDA_THRESHOLD,
+    concurrency_target: float = 32.0,
+) -> AnyController:
+    factories: dict[str, Callable[[], AnyController]] = {
         "batchline": lambda: BatchlineController(spec),
         "hpa": lambda: HpaController(spec),
         "keda": lambda: KedaController(spec, keda_threshold),
+        "concurrency": lambda: ConcurrencyController(spec, concurrency_target),
     }
     if policy not in factories:
         raise ValueError(f"unknown policy {policy!r}; choose from {', '.join(POLICIES)}")
@@ -249,8 +291,14 @@ def simulate_policy(
     spec: AutoscalingSpec,
     config: SimConfig,
     keda_threshold: float = DEFAULT_KEDA_THRESHOLD,
+    concurrency_target: float | None = None,
 ) -> SimResult:
-    """Replay `trace` under one policy; the pool's cold start and quantile come from `spec`."""
+    """Replay `trace` under one policy; the pool's cold start and quantile come from `spec`, the
+    SLOs from its targets. The concurrency target defaults to 70% of the engine's sequence slots."""
     config = replace(config, cold_start_s=float(spec.cold_start_seconds), latency_quantile=spec.latency_quantile)
-    controller = make_controller(policy, spec, keda_threshold)
-    return simulate(trace, controller, spec.target_latency_ms, config)
+    if concurrency_target is None:
+        concurrency_target = max(1.0, CONCURRENCY_UTILIZATION * config.profile.max_num_seqs)
+    controller = make_controller(policy, spec, keda_threshold, concurrency_target)
+    targets = spec.targets_ms()
+    slo = Targets(latency_ms=targets.get("latency"), ttft_ms=targets.get("ttft"), tpot_ms=targets.get("tpot"))
+    return simulate(trace, controller, slo, config)

@@ -16,6 +16,7 @@ from enum import StrEnum
 from typing import Any
 
 from batchline.autoscaler import AutoscalingSpec, ObjectKey, QueryConfig, ScalerState, Status, decide, fetch
+from batchline.autoscaler.policy import MetricSample
 from batchline.autoscaler.prometheus import FetchResult, PrometheusLike
 from batchline.config import OperatorConfig
 from batchline.timestamps import rfc3339
@@ -35,6 +36,8 @@ class ScaleView:
     queue_ms: int | None = None
     last_scale_time: str | None = None
     gpu_budget_reached: bool = False
+    ttft_ms: int | None = None  # observed, only while spec.autoscaling.targetTimeToFirstTokenMs is set
+    tpot_ms: int | None = None  # observed, only while spec.autoscaling.targetTimePerOutputTokenMs is set
 
 
 @dataclass
@@ -55,6 +58,13 @@ def _reported(previous: int | None, observed: int | None) -> int | None:
     return observed if abs(observed - previous) > LATENCY_REPORT_CHANGE * max(previous, 1) else previous
 
 
+def _observed_target(target: int | None, previous: int | None, sample: MetricSample | None, name: str) -> int | None:
+    """The observed value of a TTFT/TPOT target for status, only while that target is set."""
+    if target is None:
+        return None
+    return _reported(previous, _ms(getattr(sample, name)) if sample else None)
+
+
 def query_config(config: OperatorConfig) -> QueryConfig:
     """The Prometheus labels that name an LLMDeployment, as the operator's settings give them."""
     return QueryConfig(
@@ -70,7 +80,7 @@ class DecisionCode(StrEnum):
     DISABLED = "AutoscalingDisabled"
     NO_METRICS = "MetricsUnavailable"  # Prometheus down, no data, NaN or stale: replicas held
     GPU_BUDGET = "GPUBudgetReached"  # replicas that cannot be scheduled: held
-    LATENCY_TARGET = "LatencyTarget"  # sized to hold the latency target
+    LATENCY_TARGET = "LatencyTarget"  # sized to hold the latency (and TTFT/TPOT) targets
 
 
 @dataclass(frozen=True)
@@ -161,6 +171,12 @@ class Scaler:
             ),
             last_scale_time=rfc3339(now) if scaled else (previous.last_scale_time if previous else None),
             gpu_budget_reached=budget,
+            ttft_ms=_observed_target(
+                spec.target_time_to_first_token_ms, previous.ttft_ms if previous else None, metrics.sample, "ttft_ms"
+            ),
+            tpot_ms=_observed_target(
+                spec.target_time_per_output_token_ms, previous.tpot_ms if previous else None, metrics.sample, "tpot_ms"
+            ),
         )
         with self._lock:
             self._memory[meta["uid"]] = _Memory(decision.state, view, latest.evaluated_at)
@@ -173,10 +189,9 @@ class Scaler:
             )  # fmt: skip
             latency = metrics.sample.latency_ms if metrics.sample else math.nan
             observed = latency / 1000 if math.isfinite(latency) else None
+            target_s = (spec.target_latency_ms or 0) / 1000  # 0: no end-to-end target
             self._on_decision(
-                DecisionRecord(
-                    meta["namespace"], meta["name"], current, replicas, code, observed, spec.target_latency_ms / 1000
-                )
+                DecisionRecord(meta["namespace"], meta["name"], current, replicas, code, observed, target_s)
             )
         return view
 

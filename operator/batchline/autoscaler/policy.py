@@ -4,15 +4,20 @@ Sizing is by throughput, not by the HPA's latency ratio: the latency of a batchi
 flat until it saturates and then explodes, so `replicas * latency / target` overshoots on a
 burst and undershoots when idle. The policy instead
 
-* estimates arrivals (completions plus the change in the queue) and averages them over
-  `demandWindowSeconds`, so short bursts are ridden out by the queue instead of chased with
-  replicas that would be ready only after the burst;
-* learns the requests/s one ready replica serves within the latency target from the pool's
-  own samples (see `_learn_capacity`);
+* measures demand as work: output tokens/s plus prompt tokens/s weighted by what a prompt token
+  costs the engine relative to an output token (measured from the engine's own TTFT and TPOT,
+  see `_learn_prompt_weight`), so a shift of prompt or output lengths is a shift of demand, not
+  of capacity; without token counters (the static engine) demand is requests/s;
+* estimates arrivals (completions plus the change in requests in flight) and averages them over
+  `demandWindowSeconds`, so short bursts are ridden out instead of chased with replicas that
+  would be ready only after the burst;
+* learns the work/s one ready replica serves within every SLO that is set (end-to-end latency,
+  time to first token, time per output token) from the pool's own samples (`_learn_capacity`);
 * adds the backlog that will be left when a replica started now is ready (cold start), to be
   drained within one cold-start period, counting replicas that are still starting;
-* scales down only past a tolerance band, after the stabilization window, one bounded step at
-  a time, and never while the latency is over target;
+* never adds replicas when no request arrived (a queue left when traffic stopped drains on the
+  replicas that hold it), scales down only past a tolerance band, after the stabilization window,
+  one bounded step at a time, and never while an SLO is missed;
 * holds the current count, saying why, when a signal is missing, NaN or stale.
 """
 
@@ -26,17 +31,22 @@ from typing import Any
 from batchline.autoscaler.spec import AutoscalingSpec
 
 NAN = float("nan")
-# A comfortable sample raises the capacity estimate by 5% times target/latency, at most 25%:
-# fast when latency is far under target, careful near it.
+# A comfortable sample raises the capacity estimate by 5% times target/observed, at most 25%:
+# fast when far under every target, careful near one.
 PROBE_STEP = 0.05
 MAX_PROBE_STEP = 0.25
-# Probing goes on while demand per replica is at least capacity * min(0.8, PROBE_REACH * latency /
-# target), and never past twice that demand: a pool far under target may stretch further than
-# one near it, but latency is flat up to the saturation cliff, so not without bound.
+# Probing goes on while demand per replica is at least capacity * min(0.8, PROBE_REACH * pressure),
+# and never past twice that demand: a pool far under target may stretch further than one near
+# it, but latency is flat up to the saturation cliff, so not without bound.
 PROBE_REACH = 2.0
 MIN_PROBE_REACH = 0.5
-# An over-target sample cuts the estimate by sqrt(target / latency), but by at most half.
+# An over-target sample cuts the estimate by sqrt(1 / pressure), but by at most half.
 MAX_CAPACITY_CUT = 0.5
+# The prompt-token weight (a prompt token's cost in output tokens) follows its measurements with
+# this gain per tick (a time constant of about 2.5 minutes at a 15 s tick), within these bounds.
+PROMPT_WEIGHT_GAIN = 0.1
+PROMPT_WEIGHT_BOUNDS = (1e-3, 10.0)
+TOKENS, REQUESTS = "output-token-equivalents/s", "req/s"
 
 
 @dataclass(frozen=True)
@@ -44,16 +54,25 @@ class MetricSample:
     """The signals of one LLMDeployment at one instant, aggregated over its pods.
 
     Fields are NaN when Prometheus had no value. `window_s` is the range the rates and the
-    summaries cover; capacity is learnt only once the ready count has been stable that long.
+    quantiles cover; capacity is learnt only once the ready count has been stable that long.
+    Latency, TTFT and TPOT are at the spec's quantile (cluster-wide from histograms, or the
+    worst pod's summary); the means come from the histograms' sums and counts.
     """
 
     timestamp: float
     request_rate: float  # completed requests/s
-    pending: float  # requests queued in Triton, not yet executing
-    latency_ms: float = NAN  # the spec's quantile of end-to-end latency, worst pod
+    pending: float  # requests waiting (at the gateway or in an engine's queue), not yet running
+    latency_ms: float = NAN  # end-to-end latency at the spec's quantile
     queue_ms: float = NAN  # mean queue time per request
-    latency_is_mean: bool = False  # summaries absent: latency_ms is the mean
+    latency_is_mean: bool = False  # quantiles absent: latency_ms is the mean
     window_s: float = 60.0
+    prompt_tokens_rate: float = NAN  # prompt tokens/s of completed requests
+    output_tokens_rate: float = NAN  # output tokens/s of completed requests
+    running: float = NAN  # requests in the engines' running batches
+    ttft_ms: float = NAN  # time to first token at the spec's quantile
+    tpot_ms: float = NAN  # time per output token at the spec's quantile
+    ttft_mean_ms: float = NAN
+    tpot_mean_ms: float = NAN
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe: NaN becomes None (a Kubernetes status cannot hold NaN)."""
@@ -64,19 +83,32 @@ class MetricSample:
         values: dict[str, Any] = {k: NAN if v is None else v for k, v in d.items()}
         return cls(**values)
 
+    def tokens_known(self) -> bool:
+        return math.isfinite(self.prompt_tokens_rate) and math.isfinite(self.output_tokens_rate)
+
+    def in_flight(self) -> float:
+        return self.pending + (self.running if math.isfinite(self.running) else 0.0)
+
+    def observed(self) -> dict[str, float]:
+        """The observed value for each SLO kind ("latency", "ttft", "tpot"); NaN when absent."""
+        return {"latency": self.latency_ms, "ttft": self.ttft_ms, "tpot": self.tpot_ms}
+
 
 @dataclass(frozen=True)
 class ScalerState:
     """What the policy remembers between ticks; `to_dict` gives JSON for the object's status."""
 
-    capacity_rps: float | None = None  # requests/s one ready replica serves within the target
-    capacity_ceiling_rps: float | None = None  # an estimate that was seen to miss the target
-    ceiling_demand_rps: float = 0.0  # total demand when the ceiling was set
-    capacity_cut_at: float = 0.0  # when latency over target last cut capacity_rps
+    unit: str = TOKENS  # what demand and capacity are counted in: TOKENS or REQUESTS
+    capacity: float | None = None  # demand (in `unit`) one ready replica serves within every SLO
+    capacity_ceiling: float | None = None  # an estimate that was seen to miss an SLO
+    ceiling_demand: float = 0.0  # total demand when the ceiling was set
+    capacity_cut_at: float = 0.0  # when a missed SLO last cut `capacity`
+    prompt_weight: float | None = None  # cost of a prompt token in output tokens, measured
+    work_per_request: float | None = None  # demand units per request, last measured
     ready: int = -1  # ready replicas at the last tick
     ready_since: float = 0.0  # when the ready count last changed
     scale_up_at: float | None = None  # last time this policy raised the replica count
-    history: tuple[tuple[float, float, float], ...] = ()  # (time, pending, arrivals/s) per tick
+    history: tuple[tuple[float, float, float], ...] = ()  # (time, in flight, arrivals) per tick
     recommendations: tuple[tuple[float, int], ...] = field(default=())
 
     def to_dict(self) -> dict[str, Any]:
@@ -117,14 +149,21 @@ def decide(
         bounded = _clamp(current_replicas, spec.min_replicas, spec.max_replicas)
         return Decision(bounded, _hold_reason(current_replicas, bounded, problem or "no samples"), state)
 
+    unit = TOKENS if sample.tokens_known() else REQUESTS
+    if unit != state.unit:  # the engine's counters appeared or vanished: what was learnt is in other units
+        state = ScalerState(unit=unit, recommendations=state.recommendations, scale_up_at=state.scale_up_at)
     if ready_replicas != state.ready:
         state = replace(state, ready=ready_replicas, ready_since=now)
-    arrival = _arrival_rate(sample, state.history)
+    state = _learn_prompt_weight(state, sample, ready_replicas)
+    completed = _work(sample, state)
+    if sample.request_rate > 0 and math.isfinite(completed):
+        state = replace(state, work_per_request=completed / sample.request_rate)
+    arrival = _arrival_rate(sample, completed, state)
     keep = max(sample.window_s, spec.demand_window_seconds)
-    history = (*(h for h in state.history if h[0] > now - keep), (now, sample.pending, arrival))
+    history = (*(h for h in state.history if h[0] > now - keep), (now, sample.in_flight(), arrival))
     demand = sum(a for _, _, a in history) / len(history)
     state = _learn_capacity(state, sample, demand, ready_replicas, current_replicas, spec, now)
-    raw, why = _recommend(sample, demand, current_replicas, ready_replicas, spec, state, now)
+    raw, why = _recommend(sample, demand, arrival, current_replicas, ready_replicas, spec, state, now)
     window = max(spec.scale_up_stabilization_seconds, spec.scale_down_stabilization_seconds)
     recommendations = tuple((t, n) for t, n in (*state.recommendations, (now, raw)) if t >= now - window)
     desired, limit = _stabilize_and_bound(recommendations, current_replicas, spec, now)
@@ -135,6 +174,20 @@ def decide(
         scale_up_at=now if desired > current_replicas else state.scale_up_at,
     )
     return Decision(desired, _reason(current_replicas, desired, raw, why, limit), state)
+
+
+def pressure(sample: MetricSample, spec: AutoscalingSpec) -> tuple[float, str]:
+    """The worst observed/target ratio over the SLOs that are set, and which one it is.
+
+    NaN when none of them has an observation (no request finished in the window).
+    """
+    observed = sample.observed()
+    worst, which = NAN, ""
+    for kind, target in spec.targets_ms().items():
+        value = observed[kind]
+        if math.isfinite(value) and not (value / target <= worst):
+            worst, which = value / target, kind
+    return worst, which
 
 
 def _signal_problem(sample: MetricSample | None, spec: AutoscalingSpec, now: float) -> str | None:
@@ -156,13 +209,48 @@ def _hold_reason(current: int, bounded: int, problem: str) -> str:
     return f"hold at {current}: {problem}"
 
 
-def _arrival_rate(sample: MetricSample, history: tuple[tuple[float, float, float], ...]) -> float:
-    """Arrivals/s over about the rate window: completions plus the change in the queue."""
-    older = [(t, p) for t, p, _ in history if t >= sample.timestamp - sample.window_s]
-    if not older or older[0][0] >= sample.timestamp:
+def _learn_prompt_weight(state: ScalerState, sample: MetricSample, ready: int) -> ScalerState:
+    """What a prompt token costs the engine, in output tokens, from the engine's own timings.
+
+    With nothing waiting, a request's TTFT is the engine reading its prompt, so the mean TTFT over
+    the mean prompt length is the replica-time per prompt token; a step yields one token for each
+    running sequence, so the mean TPOT over the running sequences per replica is the replica-time
+    per output token. Their ratio moves slowly towards each new measurement; while something waits,
+    TTFT includes queueing and the sample teaches nothing.
+    """
+    if state.unit != TOKENS or sample.pending > 0 or sample.request_rate <= 0 or ready <= 0:
+        return state
+    values = (sample.ttft_mean_ms, sample.tpot_mean_ms, sample.running, sample.prompt_tokens_rate)
+    if not all(math.isfinite(v) and v > 0 for v in values):
+        return state
+    per_prompt_token = sample.ttft_mean_ms / (sample.prompt_tokens_rate / sample.request_rate)
+    per_output_token = sample.tpot_mean_ms / max(1.0, sample.running / ready)
+    low, high = PROMPT_WEIGHT_BOUNDS
+    measured = min(high, max(low, per_prompt_token / per_output_token))
+    weight = state.prompt_weight
+    weight = measured if weight is None else weight + PROMPT_WEIGHT_GAIN * (measured - weight)
+    return replace(state, prompt_weight=weight)
+
+
+def _work(sample: MetricSample, state: ScalerState) -> float:
+    """Completed demand per second in the state's unit; NaN while the prompt weight is unknown."""
+    if state.unit == REQUESTS:
         return sample.request_rate
+    if state.prompt_weight is None:
+        return NAN
+    return sample.output_tokens_rate + state.prompt_weight * sample.prompt_tokens_rate
+
+
+def _arrival_rate(sample: MetricSample, completed: float, state: ScalerState) -> float:
+    """Arrivals over about the rate window: completions plus the change in requests in flight."""
+    if not math.isfinite(completed):
+        return NAN
+    older = [(t, p) for t, p, _ in state.history if t >= sample.timestamp - sample.window_s]
+    per_request = state.work_per_request
+    if not older or older[0][0] >= sample.timestamp or per_request is None:
+        return completed
     t0, p0 = older[0]
-    return max(0.0, sample.request_rate + (sample.pending - p0) / (sample.timestamp - t0))
+    return max(0.0, completed + (sample.in_flight() - p0) * per_request / (sample.timestamp - t0))
 
 
 def _learn_capacity(
@@ -174,55 +262,56 @@ def _learn_capacity(
     spec: AutoscalingSpec,
     now: float,
 ) -> ScalerState:
-    """Per-replica demand that the pool serves within the target, learnt from what it just did.
+    """Per-replica demand that the pool serves within every SLO, learnt from what it just did.
 
     Only a steady pool teaches: every replica ready, and the ready count unchanged for the
-    window that rates and summaries span (a pool that changed size inside it mixes two sizes).
+    window that rates and quantiles span (a pool that changed size inside it mixes two sizes).
     The first estimate is the observed per-replica rate (a lower bound). The operating point is
     the average demand per ready replica, the figure the sizing uses, so bursts inside the demand
-    window count against capacity.
+    window count against capacity. `pressure` is the worst observed/target ratio.
 
-    * Latency well under target, at a load close enough to plan, raises the estimate; the
-      farther under target, the bigger the step and the farther below plan it may start.
-    * Latency over target at a load the estimate called fine cuts it, at most once per window so
-      a cut shows before the next. The estimate that failed becomes a ceiling, so the search
-      does not repeat at constant load; it lapses once the demand moves by 2x tolerance.
-    * Over target at a load above plan says nothing: the pool was known to be short.
+    * Every SLO well met, at a load close enough to plan, raises the estimate; the farther
+      under target, the bigger the step and the farther below plan it may start.
+    * An SLO missed at a load the estimate called fine cuts it, at most once per window so a cut
+      shows before the next. The estimate that failed becomes a ceiling, so the search does not
+      repeat at constant load; it lapses once the demand moves by 2x tolerance.
+    * A miss at a load above plan says nothing: the pool was known to be short.
     """
-    latency = sample.latency_ms
+    ratio, _ = pressure(sample, spec)
     steady = ready == current and now - state.ready_since >= sample.window_s
-    if not steady or ready <= 0 or sample.request_rate <= 0 or not math.isfinite(latency):
+    completed = _work(sample, state)
+    if not steady or ready <= 0 or not completed > 0 or not math.isfinite(ratio) or not math.isfinite(demand):
         return state
-    target = spec.target_latency_ms
-    capacity, ceiling = state.capacity_rps, state.capacity_ceiling_rps
+    capacity, ceiling = state.capacity, state.capacity_ceiling
     if capacity is None:
-        first = sample.request_rate / ready * max(MAX_CAPACITY_CUT, min(1.0, target / latency))
-        return replace(state, capacity_rps=first, capacity_cut_at=now)
+        first = completed / ready * max(MAX_CAPACITY_CUT, min(1.0, 1 / ratio))
+        return replace(state, capacity=first, capacity_cut_at=now)
     per_replica = demand / ready
-    if ceiling is not None and abs(demand - state.ceiling_demand_rps) > 2 * spec.tolerance * state.ceiling_demand_rps:
+    if ceiling is not None and abs(demand - state.ceiling_demand) > 2 * spec.tolerance * state.ceiling_demand:
         ceiling = None  # the load has moved since that miss: the ceiling no longer applies
-    comfortable = latency < target * (1 - 2 * spec.tolerance)
-    reach = min(1 - 2 * spec.tolerance, max(MIN_PROBE_REACH, PROBE_REACH * latency / target))
+    comfortable = ratio < 1 - 2 * spec.tolerance
+    reach = min(1 - 2 * spec.tolerance, max(MIN_PROBE_REACH, PROBE_REACH * ratio))
     if comfortable and per_replica >= capacity * reach:
-        capacity = max(capacity, per_replica) * (1 + min(MAX_PROBE_STEP, PROBE_STEP * target / latency))
+        capacity = max(capacity, per_replica) * (1 + min(MAX_PROBE_STEP, PROBE_STEP / ratio))
         if ceiling is not None:
             capacity = max(per_replica, min(capacity, ceiling * (1 - spec.tolerance)))
-        return replace(state, capacity_rps=capacity, capacity_ceiling_rps=ceiling)
+        return replace(state, capacity=capacity, capacity_ceiling=ceiling)
     near_plan = per_replica <= capacity * (1 + spec.tolerance)
-    if latency > target * (1 + spec.tolerance) and near_plan and now - state.capacity_cut_at >= sample.window_s:
+    if ratio > 1 + spec.tolerance and near_plan and now - state.capacity_cut_at >= sample.window_s:
         return replace(
             state,
-            capacity_rps=capacity * max(MAX_CAPACITY_CUT, math.sqrt(target / latency)),
-            capacity_ceiling_rps=capacity if ceiling is None else min(ceiling, capacity),
-            ceiling_demand_rps=demand,
+            capacity=capacity * max(MAX_CAPACITY_CUT, math.sqrt(1 / ratio)),
+            capacity_ceiling=capacity if ceiling is None else min(ceiling, capacity),
+            ceiling_demand=demand,
             capacity_cut_at=now,
         )
-    return replace(state, capacity_ceiling_rps=ceiling)
+    return replace(state, capacity_ceiling=ceiling)
 
 
 def _recommend(
     sample: MetricSample,
     demand: float,
+    arrival: float,
     current: int,
     ready: int,
     spec: AutoscalingSpec,
@@ -230,26 +319,37 @@ def _recommend(
     now: float,
 ) -> tuple[int, str]:
     """Replicas needed now (before stabilization and step limits) and why."""
-    if sample.request_rate == 0 and sample.pending == 0:
+    if sample.request_rate == 0 and sample.in_flight() == 0:
         return 0, "no traffic"
-    capacity = state.capacity_rps
-    if capacity is None:
+    capacity = state.capacity
+    unit = state.unit
+    if capacity is None or not math.isfinite(demand):
+        if arrival == 0:
+            return current, "no requests arriving: nothing to add"
         if sample.pending > ready and ready >= current:
             return current + spec.max_scale_up_step, "queue building before capacity is known"
         return current, "capacity not learnt yet (needs a minute of traffic on a steady pool)"
     backlog = _projected_backlog(sample.pending, demand, current, ready, capacity, spec, state, now)
-    drain_s = max(spec.cold_start_seconds, spec.target_latency_ms / 1000)
+    backlog *= state.work_per_request or 0.0  # requests -> demand units
+    targets = spec.targets_ms()
+    slowest = max(targets.get("latency", 0), targets.get("ttft", 0)) / 1000
+    drain_s = max(spec.cold_start_seconds, slowest, 1.0)
     need = demand + backlog / drain_s
     why = (
-        f"need {need:.2f} req/s (arrivals {demand:.2f} + backlog {backlog:.0f} over {drain_s:.0f}s)"
-        f" at {capacity:.2f} req/s per replica"
+        f"need {need:.4g} {unit} (arrivals {demand:.4g} + backlog {backlog:.4g} over {drain_s:.0f}s)"
+        f" at {capacity:.4g} per replica"
     )
     ratio = need / (capacity * max(current, 1))
+    ratio_now, kind = pressure(sample, spec)
+    missed = ratio_now > 1 + spec.tolerance
+    if (ratio > 1 + spec.tolerance or current == 0) and arrival == 0:
+        return current, why + "; no requests arriving: nothing to add"
     if ratio > 1 + spec.tolerance or current == 0:
         return math.ceil(need / capacity), why
-    if sample.latency_ms > spec.target_latency_ms * (1 + spec.tolerance):
-        kind = "mean latency" if sample.latency_is_mean else "latency"
-        return current, why + f"; {kind} {sample.latency_ms:.0f}ms over target, no scale-down"
+    if missed:
+        label = "mean latency" if kind == "latency" and sample.latency_is_mean else kind
+        value = sample.observed()[kind]
+        return current, why + f"; {label} {value:.0f}ms over target, no scale-down"
     if ratio * (1 + spec.tolerance) < 1:
         return math.ceil(need * (1 + spec.tolerance) / capacity), why + " (with tolerance margin)"
     return current, why + " (within tolerance)"
@@ -265,14 +365,17 @@ def _projected_backlog(
     state: ScalerState,
     now: float,
 ) -> float:
-    """Queue left when a replica added now is ready: the ready replicas serve until the starting
-    ones are up, then all of them; capacity is the conservative within-target figure."""
+    """Requests left waiting when a replica added now is ready: the ready replicas serve until the
+    starting ones are up, then all of them; capacity is the conservative within-target figure."""
+    per_request = state.work_per_request or 0.0
+    if per_request <= 0:
+        return max(0.0, pending)
     cold = float(spec.cold_start_seconds)
     starting_left = 0.0
     if current > ready and state.scale_up_at is not None:
         starting_left = min(cold, max(0.0, state.scale_up_at + cold - now))
-    backlog = max(0.0, pending + (demand - ready * capacity) * starting_left)
-    return max(0.0, backlog + (demand - max(current, ready) * capacity) * (cold - starting_left))
+    backlog = max(0.0, pending + (demand - ready * capacity) * starting_left / per_request)
+    return max(0.0, backlog + (demand - max(current, ready) * capacity) * (cold - starting_left) / per_request)
 
 
 def _stabilize_and_bound(
