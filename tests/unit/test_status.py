@@ -143,3 +143,14 @@ def test_old_pods_keep_serving_while_a_new_build_runs() -> None:
     assert c["Ready"]["status"] == "True"
     assert "keep serving build k0" in c["ModelReady"]["message"]
     assert status["build"]["servingKey"] == "k0" and status["build"]["key"] == "k2"
+
+
+def test_autoscaling_status_shows_the_observed_values_of_the_targets_in_use() -> None:
+    from batchline.autoscaler import Status
+    from batchline.autoscaler.actuator import ScaleView
+
+    obj = llmd(autoscaling={"targetLatencyMs": 0, "targetTimeToFirstTokenMs": 500})
+    view = ScaleView(replicas=2, reason="hold at 2", metrics=Status.OK, metrics_detail="", latency_ms=4100, ttft_ms=620)
+    block = _status(obj, Observed(_dep(ready=2), (), NODES), [], 2, T0, scale=view)["autoscaling"]
+    assert block["observedTimeToFirstTokenMs"] == 620 and block["observedLatencyMs"] == 4100
+    assert "observedTimePerOutputTokenMs" not in block  # not a target: not shown

@@ -176,6 +176,8 @@ def _autoscaling(scale: ScaleView, observed: Observed) -> dict[str, Any]:
     optional = {
         "observedLatencyMs": scale.latency_ms,
         "observedQueueMs": scale.queue_ms,
+        "observedTimeToFirstTokenMs": scale.ttft_ms,
+        "observedTimePerOutputTokenMs": scale.tpot_ms,
         "lastScaleTime": scale.last_scale_time,
     }
     return block | {k: v for k, v in optional.items() if v is not None}
