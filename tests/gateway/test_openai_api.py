@@ -226,3 +226,18 @@ def test_api_keys(gateway_factory: Callable[..., GatewayProcess], triton: object
     assert json.loads(response.read())["error"]["type"] == "authentication_error"
     assert "sk-file-key" not in gateway.log_text() and "sk-env-key" not in gateway.log_text()
     assert "batchline_gateway_requests_total" in gateway.metrics()  # Prometheus scrapes without a key
+
+
+def test_a_generation_that_fails_midway_ends_with_an_error_not_a_hang(gateway: GatewayProcess) -> None:
+    api = client(gateway)
+    for prompt in ("fail: one two three", "broken: one two three"):
+        received = ""
+        with pytest.raises(openai.APIError) as raised:
+            for chunk in api.chat.completions.create(model="echo", messages=[{"role": "user", "content": prompt}],
+                                                     stream=True):
+                received += chunk.choices[0].delta.content or ""
+        assert received == " ".join(prompt.split()[: 1 if prompt.startswith("fail") else 2])  # what came first
+        assert ("engine failed" if prompt.startswith("fail") else "KV cache ran out") in raised.value.message
+    with pytest.raises(openai.APIStatusError) as whole:
+        api.completions.create(model="echo", prompt="broken: one two three")
+    assert whole.value.status_code == 502 and "KV cache ran out" in whole.value.message

@@ -2,8 +2,9 @@
 
 It "generates" by echoing the prompt's words (the last user message for `messages`), one word per
 response when `stream` is true, with `token_delay_ms` (a model parameter) between words. A prompt
-that starts with `fail:` sends one word and then an error response; one that starts with `repeat:`
-repeats its words until max_tokens. Cancelled requests are written,
+that starts with `fail:` sends one word and then an error response; `broken:` two words and then a
+final response with finish reason `error` and an `error` output (as the engine ends a request on an
+internal failure); `repeat:` repeats its words until max_tokens. Cancelled requests are written,
 one line each, to the file named by the `events_file` parameter, so tests can see them.
 """
 
@@ -88,6 +89,7 @@ class TritonPythonModel:
             raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
         stops = [_text(item) for item in (_input(request, "stop") if _input(request, "stop") is not None else [])]
         fail = source.startswith("fail:")
+        broken = source.startswith("broken:")  # ends like the engine does on an internal error
         repeat = source.startswith("repeat:")
         words = source.split() or ["."]
         text, sent, finish, count = "", 0, "length", 0
@@ -100,6 +102,16 @@ class TritonPythonModel:
                 sender.send(
                     pb_utils.InferenceResponse(output_tensors=[_bytes("text_output", ""),
                                                                _bytes("finish_reason", "cancelled")]),
+                    flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
+                )
+                return
+            if broken and index == 2:
+                sender.send(
+                    pb_utils.InferenceResponse(output_tensors=[
+                        _bytes("text_output", ""), _bytes("finish_reason", "error"),
+                        _int("prompt_tokens", len(prompt_words)), _int("completion_tokens", count),
+                        _bytes("error", "the KV cache ran out"),
+                    ]),
                     flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
                 )
                 return
