@@ -218,3 +218,13 @@ def test_api_keys_check_bearer_tokens(tmp_path: Any) -> None:
     assert not keys.check("Bearer k4") and not keys.check(None) and not keys.check("Basic k1")
     assert not keys.check("Bearer ")
     assert ApiKeys(None, env="").check(None)  # no keys configured: open
+
+
+def test_the_gateway_imports_neither_the_controller_nor_kopf() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, batchline.gateway.cli, batchline.gateway.server, batchline.gateway.discovery; "
+            "print(sorted(m for m in sys.modules if m.startswith(('batchline.controller', 'kopf', 'torch'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "[]"
