@@ -352,7 +352,16 @@ def test_gateway_args_parse_with_the_gateway_cli_and_follow_the_watch_mode() -> 
     assert cluster.namespace is None and cluster.upstream is None and cluster.port == 8080
     assert (cluster.max_waiting, cluster.hold_timeout, cluster.max_in_flight_per_replica) == (100, 60.0, 64)
     assert cluster.api_key_file == "/etc/batchline-gateway/keys/keys"
+    [deployment] = _gateway(render(sets=GATEWAY), "Deployment")
+    grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert cluster.drain_seconds > 0 and cluster.drain_seconds + cluster.shutdown_timeout < grace
     assert parsed((NAMESPACED,)).namespace == ["team-a", "team-b"]
+
+
+def test_gateway_shutdown_must_fit_the_grace_period() -> None:
+    out = helm("template", "bl", str(CHART), f"--kube-version={KUBE_VERSION}",
+               *value_args((), [*GATEWAY, "gateway.shutdownTimeoutSeconds=58"]), check=False)
+    assert out.returncode != 0 and "terminationGracePeriodSeconds" in out.stderr
 
 
 def test_gateway_rbac_only_reads_llmdeployments_and_endpointslices() -> None:

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import http.client
 import json
+import signal
 import socket
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
 
@@ -185,3 +188,29 @@ def test_concurrent_streams_spread_over_replicas_by_requests_in_flight(
     # six overlap, never all on one; a thread starting late on a loaded machine may shift one.
     served = (after[0] - before[0], after[1] - before[1])
     assert sum(served) == 6 and min(served) >= 2, served
+
+
+def test_a_stopping_gateway_turns_unready_and_finishes_its_streams(
+    gateway_factory: Callable[..., GatewayProcess], triton: TritonServer
+) -> None:
+    gateway = gateway_factory("--upstream", f"slow={triton.grpc_url}", "--drain-seconds", "1")
+
+    def readyz() -> int | None:
+        try:
+            with urllib.request.urlopen(f"{gateway.url}/readyz", timeout=5) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as exc:
+            return exc.code
+        except (urllib.error.URLError, ConnectionError):
+            return None
+
+    assert readyz() == 200
+    words = [f"w{index}" for index in range(60)]  # 2.4 s of tokens: past the drain
+    chunks = iter(client(gateway).completions.create(model="slow", prompt=" ".join(words), max_tokens=60,
+                                                     stream=True))
+    text = next(chunks).choices[0].text
+    gateway.process.send_signal(signal.SIGTERM)  # what Kubernetes does to a pod it removes
+    wait_for(lambda: readyz() == 503, 5, "/readyz to say 503 while draining")
+    text += "".join(chunk.choices[0].text for chunk in chunks)
+    assert text == " ".join(words)  # the stream in progress finished after the port closed
+    assert gateway.process.wait(15) == 0

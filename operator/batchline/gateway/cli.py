@@ -64,8 +64,9 @@ async def serve(args: argparse.Namespace) -> None:
         discovery = KubernetesDiscovery(from_thread, args.namespace or (), args.kubeconfig)
         discovery.start()
     options = Options(max_request_bytes=args.max_request_bytes, client_write_timeout_s=args.client_write_timeout)
-    app = Gateway(router, upstreams, metrics, keys, options).app()
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    gateway = Gateway(router, upstreams, metrics, keys, options)
+    runner = web.AppRunner(gateway.app(), handler_cancellation=True, access_log=None,
+                           shutdown_timeout=args.shutdown_timeout)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port, backlog=1024)
     await site.start()
@@ -80,6 +81,13 @@ async def serve(args: argparse.Namespace) -> None:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    # Not ready from now on, so Kubernetes takes the pod out of the Service; still serving meanwhile
+    # (clients that resolved it a moment ago), then no new connections, and streams in progress get
+    # up to --shutdown-timeout to finish.
+    gateway.draining = True
+    if args.drain_seconds > 0:
+        log.info("draining for %g s", args.drain_seconds)
+        await asyncio.sleep(args.drain_seconds)
     if discovery is not None:
         discovery.stop()
     await runner.cleanup()
@@ -119,5 +127,10 @@ def register(sub: Any) -> None:
     p.add_argument("--upstream-timeout", type=float, default=300.0,
                    help="seconds the model may send nothing (before its first token, or between two) before the "
                         "request fails: 504, or an error event mid-stream (default 300)")
+    p.add_argument("--drain-seconds", type=float, default=0.0,
+                   help="on SIGTERM, answer /readyz with 503 and keep serving this long before closing the port "
+                        "(default 0)")
+    p.add_argument("--shutdown-timeout", type=float, default=30.0,
+                   help="then, seconds streams in progress get to finish before they are cut (default 30; 0: no limit)")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=run)

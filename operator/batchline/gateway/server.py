@@ -53,6 +53,7 @@ class Gateway:
         self.metrics = metrics
         self.keys = keys
         self.options = options
+        self.draining = False  # shutting down: not ready any more, still serving
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.options.max_request_bytes, middlewares=[self._middleware])
@@ -117,6 +118,8 @@ class Gateway:
         return web.Response(text="ok")
 
     async def readyz(self, request: web.Request) -> web.Response:
+        if self.draining:
+            return web.Response(status=503, text="shutting down")
         if not self.router.synced:
             return web.Response(status=503, text="no model table yet")
         return web.Response(text="ok")
