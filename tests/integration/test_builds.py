@@ -241,3 +241,48 @@ def test_a_model_update_keeps_a_ready_replica_serving_throughout_then_collects_t
     wait_for(lambda: old_key not in _catalogue(kube, namespace), timeout=60, what="old build out of the catalogue")
     assert not (model_cache / namespace / old_key).exists()
     assert (model_cache / namespace / new["key"] / "repository").is_dir()
+
+
+def test_a_build_pod_that_cannot_start_is_a_problem_not_progress(
+    cluster: Any,
+    kube: client.ApiClient,
+    namespace: str,
+    llmds: LLMDs,
+    tiny_checkpoint: Path,
+    operator: Any,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    """An operator set up for a cluster cache (a PVC) that the namespace lacks: the build pod stays
+    unschedulable, and after the grace period status, Events and Argo CD say so and what to do."""
+    from devcluster.operator_process import OperatorProcess
+    from tests.chart.test_argocd_health import health
+    from tests.integration.conftest import OPERATOR_ENV
+
+    operator.stop()  # the suite's operator (local cache folder) stands aside for one without it
+    request.addfinalizer(lambda: (operator.start(), operator.wait_for_log("Activity 'startup' succeeded")))
+    pvc_mode = OperatorProcess(
+        Path(cluster.operator_kubeconfig), tmp_path / "operator.log",
+        env={**OPERATOR_ENV, "BATCHLINE_BUILD_BLOCKED_SECONDS": "5"},
+    )  # fmt: skip
+    pvc_mode.start()
+    request.addfinalizer(pvc_mode.stop)
+    pvc_mode.wait_for_log("Activity 'startup' succeeded")
+    llmds.create("nocache", {"model": {"source": str(tiny_checkpoint)}})
+
+    def blocked() -> dict[str, Any] | None:
+        cond = llmds.condition("nocache", "Degraded")
+        return cond if cond.get("reason") == "BuildBlocked" else None
+
+    degraded = wait_for(blocked, timeout=90, what="Degraded=True BuildBlocked")
+    assert degraded["status"] == "True" and 'persistentvolumeclaim "batchline-model-cache"' in degraded["message"]
+    assert "model cache" in degraded["message"]  # and what to do about it
+    assert llmds.condition("nocache", "Progressing")["status"] == "False"
+    assert _build(llmds, "nocache")["reason"] == "BuildBlocked"
+    assert health(llmds.get("nocache"))["status"] == "Degraded"
+
+    def events() -> list[str]:  # posted right after the status write that flips the conditions
+        listed = client.CoreV1Api(kube).list_namespaced_event(namespace, field_selector="reason=BuildBlocked")
+        return [e.type for e in listed.items]
+
+    assert wait_for(events, timeout=10, what="the BuildBlocked Event") == ["Warning"]
