@@ -61,30 +61,32 @@ class _Metrics:
         kinds = pb_utils.MetricFamily
         histogram, gauge, counter = kinds.HISTOGRAM, kinds.GAUGE, kinds.COUNTER
         self.ttft = family(
-            "batchline_time_to_first_token_seconds", "Time from request arrival to its first token", histogram
+            "batchline_engine_time_to_first_token_seconds", "Time from request arrival to its first token", histogram
         ).Metric(labels=labels, buckets=TTFT_BUCKETS)
         self.tpot = family(
-            "batchline_time_per_output_token_seconds",
+            "batchline_engine_time_per_output_token_seconds",
             "Time between a request's output tokens after the first",
             histogram,
         ).Metric(labels=labels, buckets=TPOT_BUCKETS)
         self.duration = family(
-            "batchline_request_duration_seconds",
+            "batchline_engine_request_duration_seconds",
             "Time from request arrival to its final response (end to end, unlike nv_inference_request_duration_us)",
             histogram,
         ).Metric(labels=labels, buckets=DURATION_BUCKETS)
-        self.running = family("batchline_requests_running", "Requests in the engine's running batch", gauge)
+        self.running = family("batchline_engine_requests_running", "Requests in the engine's running batch", gauge)
         self.running = self.running.Metric(labels=labels)
-        self.waiting = family("batchline_requests_waiting", "Requests queued for the running batch", gauge)
+        self.waiting = family("batchline_engine_requests_waiting", "Requests queued for the running batch", gauge)
         self.waiting = self.waiting.Metric(labels=labels)
-        self.blocks_used = family("batchline_kv_cache_blocks_used", "KV-cache blocks in use", gauge)
+        self.blocks_used = family("batchline_engine_kv_cache_blocks_used", "KV-cache blocks in use", gauge)
         self.blocks_used = self.blocks_used.Metric(labels=labels)
-        self.blocks_total = family("batchline_kv_cache_blocks_total", "KV-cache blocks allocated at load", gauge)
+        self.blocks_total = family("batchline_engine_kv_cache_blocks_total", "KV-cache blocks allocated at load", gauge)
         self.blocks_total = self.blocks_total.Metric(labels=labels)
-        self.prompt_tokens = family("batchline_prompt_tokens_total", "Prompt tokens of finished requests", counter)
+        self.prompt_tokens = family(
+            "batchline_engine_prompt_tokens_total", "Prompt tokens of finished requests", counter
+        )
         self.prompt_tokens = self.prompt_tokens.Metric(labels=labels)
         self.generation_tokens = family(
-            "batchline_generation_tokens_total", "Tokens generated, finished requests", counter
+            "batchline_engine_generation_tokens_total", "Tokens generated, finished requests", counter
         )
         self.generation_tokens = self.generation_tokens.Metric(labels=labels)
 

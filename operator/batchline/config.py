@@ -7,7 +7,8 @@ import os
 from dataclasses import dataclass
 
 DEFAULT_IMAGES = {
-    "python": "nvcr.io/nvidia/tritonserver:24.10-py3",
+    # docker/triton.Dockerfile: NVIDIA's Triton with torch and the transformers the in-flight engine needs.
+    "python": "ghcr.io/batchline/batchline-triton:0.1.0",
     "vllm": "nvcr.io/nvidia/tritonserver:24.10-vllm-python-py3",
     "builder": "ghcr.io/batchline/batchline-builder:0.1.0",
     # The Triton pods' init step and the cache clean-up Job (docker/checker.Dockerfile): its own image and

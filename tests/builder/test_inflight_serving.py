@@ -30,15 +30,15 @@ MODEL = "llm"
 PROMPTS = ["The city council met", "Computers store numbers", "A good recipe for bread"]
 DEADLINE_S = 60.0
 METRICS = (
-    "batchline_time_to_first_token_seconds_count",
-    "batchline_time_per_output_token_seconds_count",
-    "batchline_request_duration_seconds_count",
-    "batchline_requests_running",
-    "batchline_requests_waiting",
-    "batchline_kv_cache_blocks_used",
-    "batchline_kv_cache_blocks_total",
-    "batchline_prompt_tokens_total",
-    "batchline_generation_tokens_total",
+    "time_to_first_token_seconds_count",
+    "time_per_output_token_seconds_count",
+    "request_duration_seconds_count",
+    "requests_running",
+    "requests_waiting",
+    "kv_cache_blocks_used",
+    "kv_cache_blocks_total",
+    "prompt_tokens_total",
+    "generation_tokens_total",
 )
 
 
@@ -118,11 +118,11 @@ def sse_events(body: str) -> list[dict[str, Any]]:
 
 
 def scrape(server: TritonServer, model: str = MODEL) -> dict[str, float]:
-    """This model's batchline_* samples, summed over instances."""
+    """This model's batchline_engine_* samples (without the prefix), summed over instances."""
     text = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
     values: dict[str, float] = {}
     for line in text.splitlines():
-        match = re.match(r"^(batchline_\w+)\{([^}]*)\} (\S+)$", line)
+        match = re.match(r"^batchline_engine_(\w+)\{([^}]*)\} (\S+)$", line)
         if match and f'model="{model}"' in match.group(2) and "le=" not in match.group(2):
             values[match.group(1)] = values.get(match.group(1), 0.0) + float(match.group(3))
     return values
@@ -209,26 +209,24 @@ def test_a_bad_request_gets_a_clear_error_and_the_others_carry_on(
 
 
 def test_a_client_that_goes_away_is_cancelled_and_its_cache_freed(triton: TritonServer) -> None:
-    before = scrape(triton)["batchline_generation_tokens_total"]
+    before = scrape(triton)["generation_tokens_total"]
     received = stream(triton.grpc_url, grpc_inputs(PROMPTS[2], max_tokens=480, stream=True), cancel_after=3)
     assert len(received) == 3 and "finish_reason" not in received[-1]
     wait_until(
-        lambda: (
-            scrape(triton)["batchline_requests_running"] == 0 and scrape(triton)["batchline_kv_cache_blocks_used"] == 0
-        ),
+        lambda: scrape(triton)["requests_running"] == 0 and scrape(triton)["kv_cache_blocks_used"] == 0,
         "the engine to drop the cancelled request",
         deadline_s=10,
     )
     # It ended early: its tokens were counted when the engine cancelled it, far fewer than asked for.
-    generated = wait_until(lambda: scrape(triton)["batchline_generation_tokens_total"] - before, "the count")
+    generated = wait_until(lambda: scrape(triton)["generation_tokens_total"] - before, "the count")
     assert 0 < generated < 480
 
 
 def test_metrics_are_exported_and_move_under_load(triton: TritonServer) -> None:
     before = scrape(triton)
     assert set(METRICS) <= set(before), f"missing: {set(METRICS) - set(before)}"
-    assert before["batchline_kv_cache_blocks_total"] > 0
-    seen = {"batchline_requests_running": 0.0, "batchline_requests_waiting": 0.0, "batchline_kv_cache_blocks_used": 0.0}
+    assert before["kv_cache_blocks_total"] > 0
+    seen = {"requests_running": 0.0, "requests_waiting": 0.0, "kv_cache_blocks_used": 0.0}
     done = threading.Event()
 
     def load() -> None:
@@ -252,12 +250,12 @@ def test_metrics_are_exported_and_move_under_load(triton: TritonServer) -> None:
             seen[name] = max(seen[name], now[name])
         time.sleep(0.02)
     after = scrape(triton)
-    assert seen["batchline_requests_running"] > 0 and seen["batchline_kv_cache_blocks_used"] > 0
-    assert seen["batchline_requests_waiting"] > 0
+    assert seen["requests_running"] > 0 and seen["kv_cache_blocks_used"] > 0
+    assert seen["requests_waiting"] > 0
     for name in METRICS:
-        if name.endswith(("_count", "_total")) and name != "batchline_kv_cache_blocks_total":
+        if name.endswith(("_count", "_total")) and name != "kv_cache_blocks_total":
             assert after[name] > before[name], name
-    assert after["batchline_generation_tokens_total"] - before["batchline_generation_tokens_total"] == 12 * 60
+    assert after["generation_tokens_total"] - before["generation_tokens_total"] == 12 * 60
 
 
 def test_two_instances_serve_and_unload_cleanly(tiny_chat: Path, tmp_path: Path) -> None:

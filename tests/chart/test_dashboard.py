@@ -22,9 +22,33 @@ PANELS = [p for p in DASHBOARD["panels"] if p["type"] != "row"]
 EXPRS = [t["expr"] for p in PANELS for t in p["targets"]]
 # Triton's metrics the dashboard reads; the summaries need --metrics-config=summary_latencies=true.
 TRITON_METRICS = {
-    "nv_inference_request_summary_us", "nv_inference_queue_summary_us", "nv_inference_request_success",
-    "nv_inference_request_failure", "nv_inference_count", "nv_inference_exec_count", "nv_inference_queue_duration_us",
+    "nv_inference_request_summary_us",
+    "nv_inference_queue_summary_us",
+    "nv_inference_request_success",
+    "nv_inference_request_failure",
+    "nv_inference_count",
+    "nv_inference_exec_count",
+    "nv_inference_queue_duration_us",
 }
+# The in-flight engine's custom metrics, which the Triton model itself exports on the metrics port
+# (model_repo_builder/templates/model_inflight.py), as Prometheus names them.
+ENGINE_FAMILIES = {
+    "batchline_engine_time_to_first_token_seconds": "histogram",
+    "batchline_engine_time_per_output_token_seconds": "histogram",
+    "batchline_engine_request_duration_seconds": "histogram",
+    "batchline_engine_requests_running": "gauge",
+    "batchline_engine_requests_waiting": "gauge",
+    "batchline_engine_kv_cache_blocks_used": "gauge",
+    "batchline_engine_kv_cache_blocks_total": "gauge",
+    "batchline_engine_prompt_tokens_total": "counter",
+    "batchline_engine_generation_tokens_total": "counter",
+}
+ENGINE_METRICS = {
+    f"{name}_{suffix}"
+    for name, kind in ENGINE_FAMILIES.items()
+    if kind == "histogram"
+    for suffix in ("bucket", "count", "sum")
+} | {name for name, kind in ENGINE_FAMILIES.items() if kind != "histogram"}
 GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$namespace": ".*", "$llmdeployment": ".*"}
 
 
@@ -70,11 +94,24 @@ def test_panels_cover_what_operators_watch() -> None:
 
 def test_every_metric_exists() -> None:
     referenced = set().union(*map(_metric_names, EXPRS))
-    operator_metrics = {m for m in referenced if m.startswith("batchline_")}
+    operator_metrics = {m for m in referenced if m.startswith("batchline_") and not m.startswith("batchline_engine_")}
     assert operator_metrics and operator_metrics <= _exported_names()
+    engine_metrics = {m for m in referenced if m.startswith("batchline_engine_")}
+    assert engine_metrics and engine_metrics <= ENGINE_METRICS
     assert {m for m in referenced if m.startswith("nv_")} <= TRITON_METRICS
     spec = defaulted({"model": {"source": "hf://org/model"}})
     assert "--metrics-config=summary_latencies=true" in triton_args(spec)
+
+
+def test_engine_metrics_are_the_ones_the_inflight_model_exports() -> None:
+    """The list above against the template's MetricFamily declarations (name and kind), so neither drifts;
+    tests/builder/test_inflight_serving.py scrapes them from a real tritonserver."""
+    template = (CHART.parents[1] / "model_repo_builder" / "templates" / "model_inflight.py").read_text()
+    declared = dict(re.findall(r'"(batchline_engine_\w+)",\s*"[^"]*",\s*(histogram|gauge|counter)', template))
+    assert declared == ENGINE_FAMILIES
+    titles = " | ".join(p["title"] for p in PANELS).lower()
+    for topic in ("time to first token", "time per output token", "running and waiting", "kv cache"):
+        assert topic in titles
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool comes with Debian's prometheus (scripts/setup)")

@@ -30,6 +30,10 @@ SUBCOMMAND_MODULES: dict[str, str] = PYPROJECT["project"]["entry-points"]["batch
 PIP_OPTIONS = {"--no-deps"}
 VENV_BIN = "/opt/batchline/bin/"
 PINNED = re.compile(r"^[\w./-]+(:[\w.-]*\d+\.\d+\.\d+[\w.-]*)?(@sha256:[0-9a-f]{64})?$")
+# NVIDIA's NGC releases are named yy.mm (a monthly release, never re-tagged): the Triton image's base.
+NGC_RELEASE = re.compile(r"^nvcr\.io/nvidia/tritonserver:\d{2}\.\d{2}-py3(@sha256:[0-9a-f]{64})?$")
+# The image Triton pods run: NVIDIA's entrypoint is tritonserver, not a batchline subcommand.
+TRITON_DOCKERFILE = DOCKER / "triton.Dockerfile"
 
 
 @dataclass(frozen=True)
@@ -100,8 +104,8 @@ def dockerfile(request: pytest.FixtureRequest) -> Path:
     return path
 
 
-def test_the_three_images_exist() -> None:
-    assert {d.stem for d in DOCKERFILES} == {"operator", "builder", "checker"}
+def test_the_four_images_exist() -> None:
+    assert {d.stem for d in DOCKERFILES} == {"operator", "builder", "checker", "triton"}
 
 
 def test_base_images_are_pinned(dockerfile: Path) -> None:
@@ -110,7 +114,8 @@ def test_base_images_are_pinned(dockerfile: Path) -> None:
     for ins in instructions:
         if ins.keyword == "FROM":
             image = ins.args.split()[0]
-            assert image in stages or (PINNED.match(image) and (":" in image or "@" in image)), image
+            pinned = PINNED.match(image) and (":" in image or "@" in image)
+            assert image in stages or pinned or NGC_RELEASE.match(image), image
 
 
 def test_runs_as_the_non_root_user_the_chart_expects(dockerfile: Path) -> None:
@@ -118,6 +123,8 @@ def test_runs_as_the_non_root_user_the_chart_expects(dockerfile: Path) -> None:
     assert users, "the final stage must set USER"
     uid, _, gid = users[-1].partition(":")
     pod = one(render(), "StatefulSet")["spec"]["template"]["spec"]["securityContext"]
+    if dockerfile == TRITON_DOCKERFILE:  # the user the operator's Triton pods run as
+        pod = deployment(llmd(), 1, OperatorConfig(), "k1")["spec"]["template"]["spec"]["securityContext"]
     assert (int(uid), int(gid)) == (pod["runAsUser"], pod["runAsGroup"]) and int(uid) != 0
 
 
@@ -157,6 +164,8 @@ def test_run_commands_use_what_the_project_defines(dockerfile: Path) -> None:
 
 
 def test_entrypoint_is_a_batchline_subcommand(dockerfile: Path) -> None:
+    if dockerfile == TRITON_DOCKERFILE:
+        pytest.skip("the Triton image runs tritonserver (test_triton_image_serves_what_the_operator_runs)")
     stage = final_stage(parse(dockerfile))
     [entrypoint] = [exec_form(i.args) for i in stage if i.keyword == "ENTRYPOINT"]
     cmd = [exec_form(i.args) for i in stage if i.keyword == "CMD"]
@@ -241,3 +250,23 @@ def test_a_builder_image_bump_leaves_every_triton_pod_as_it_is() -> None:
     [init] = deployment(obj, 2, before, "k1")["spec"]["template"]["spec"]["initContainers"]
     assert init["image"] == before.checker_image and init["command"] == ["batchline"] and init["args"][0] == "cache"
 
+
+def test_triton_image_serves_what_the_operator_runs() -> None:
+    """docker/triton.Dockerfile is the operator's and the chart's default python image, runs the command the
+    Triton Deployment gives, and installs the builder extra, whose transformers has continuous batching."""
+    stage = final_stage(parse(TRITON_DOCKERFILE))
+    [entrypoint] = [exec_form(i.args) for i in stage if i.keyword == "ENTRYPOINT"]
+    pod = deployment(llmd(), 1, OperatorConfig(), "k1")["spec"]["template"]["spec"]
+    [triton] = [c for c in pod["containers"] if c["name"] == "triton"]
+    assert triton["command"] == entrypoint == ["tritonserver"]
+    built = "ghcr.io/batchline/batchline-triton:0.1.0"
+    assert f"-t batchline-triton:{built.rpartition(':')[2]}" in TRITON_DOCKERFILE.read_text()
+    assert triton["image"] == OperatorConfig().python_image == built
+    values = render()
+    assert OperatorConfig.from_env({k: v for k, v in env(values).items() if isinstance(v, str)}).python_image == built
+    assert _pip_installs(TRITON_DOCKERFILE) == [[".[builder]"]]
+    [pin] = [d for d in PYPROJECT["project"]["optional-dependencies"]["builder"] if d.startswith("transformers")]
+    assert re.fullmatch(r"transformers>=5\.(1[7-9]|[2-9]\d),<6", pin), pin
+    # The stub's interpreter is the image's Python: the venv's packages come in through PYTHONPATH.
+    [pythonpath] = [i.args for i in stage if i.keyword == "ENV" and "PYTHONPATH=" in i.args]
+    assert "PYTHONPATH=/opt/batchline/lib/python3." in pythonpath

