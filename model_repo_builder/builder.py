@@ -25,18 +25,25 @@ from typing import Any
 import torch
 
 from . import runtime
-from .calibration_text import CALIBRATION_TEXT
 from .checkpoint import Checkpoint, ModelKind, hash_files, inspect_checkpoint
 from .content_key import compute_content_key
 from .errors import CheckpointError, UnsupportedModeError
-from .options import DEFAULT_THRESHOLDS, Backend, BuildOptions, Mode
+from .options import DEFAULT_THRESHOLDS, PACKED_MODES, Backend, BuildOptions, Mode
 from .prune import prune_model, zero_fraction
-from .quality import MAX_EVAL_TOKENS, check_gate, evaluate
-from .quantize import check_supported, column_importance, fp8_weight_proxy, quantize_model
+from .quality import check_gate, evaluate
+from .quantize import (
+    calibration_batches,
+    calibration_hessians,
+    check_integer_layout,
+    check_supported,
+    fp8_weight_proxy,
+    quantize_model,
+)
 from .report import REPORT_FILE, REPOSITORY_DIR, SCHEMA_VERSION, library_versions, read_report, write_report
+from .runtime import conv1d_to_linear
 from .triton_config import WARMUP_FOLDER, python_model_config, render_config, uses_inflight_engine, warmup_files
 from .version import BUILDER_VERSION
-from .vllm_layout import check_tensor_parallel, write_vllm_model
+from .vllm_layout import check_tensor_parallel, check_vllm_quantization, write_vllm_model
 from .weights import save_weights, weight_bytes
 
 TEMPLATE = Path(__file__).parent / "templates" / "model.py"
@@ -74,6 +81,7 @@ def build(source: str | Path, output_root: str | Path, options: BuildOptions | N
     check_supported(Mode.NONE if options.mode is Mode.FP32 else options.mode, options.backend)
     checkpoint = inspect_checkpoint(str(source))
     check_tensor_parallel(options, checkpoint.config)
+    check_vllm_quantization(options)
     if options.backend is Backend.VLLM and checkpoint.kind is not ModelKind.CAUSAL_LM:
         raise UnsupportedModeError("the vLLM layout serves text generation; build encoders with --backend python")
     key = compute_content_key(checkpoint.file_hashes, options)
@@ -130,12 +138,16 @@ def _build_into(staging: Path, checkpoint: Checkpoint, key: str, options: BuildO
     mode = Mode.BF16 if vllm_fp8 else options.float_mode(checkpoint.dtype)
     # none judged by the limits of the precision it stores (a bf16 checkpoint served in bf16: bf16's).
     thresholds = options.quality or DEFAULT_THRESHOLDS[options.float_mode(checkpoint.dtype)]
-    importance = None
-    if mode is Mode.INT4_WEIGHT_ONLY:
-        context = int(getattr(reference.model.config, "max_position_embeddings", MAX_EVAL_TOKENS))
-        ids = reference.tokenizer(CALIBRATION_TEXT, return_tensors="pt").input_ids[:, : min(context, MAX_EVAL_TOKENS)]
-        importance = column_importance(reference.model, ids)
-    summary = quantize_model(candidate, mode, options.group_size, pruned=pruning.layers > 0, importance=importance)
+    hessians, converted = None, False
+    if mode in PACKED_MODES:
+        # Refused before the calibration pass: a group size that does not divide a layer, no Linear layers.
+        converted = conv1d_to_linear(candidate) > 0
+        check_integer_layout(candidate, mode, options.group_size)
+        if pruning.layers == 0:
+            hessians = calibration_hessians(candidate, calibration_batches(reference))
+    summary = quantize_model(
+        candidate, mode, options.group_size, pruned=pruning.layers > 0, hessians=hessians, converted=converted
+    )
     model_dir = staging / REPOSITORY_DIR / options.model_name
     weights_dir = model_dir / "1" / "weights"
     save_weights(candidate, reference.tokenizer, weights_dir, str(checkpoint.kind), str(options.mode), summary)

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from transformers.pytorch_utils import Conv1D
 
-from .runtime import PackedLinear, output_head
+from .runtime import output_head
 
 PATTERN = "unstructured, per output row (smallest |w| first), Linear layers except the LM head"
 
@@ -43,15 +43,13 @@ class PruningSummary:
 def body_weights(model: Any) -> Iterator[torch.Tensor]:
     """Each body layer's weight as an [out, in] float tensor (a view where the layer stores one).
 
-    Reads float, torchao (de-quantized copy) and packed (de-quantized copy) layers alike.
+    Reads float and torchao (de-quantized copy) layers alike.
     """
     head = output_head(model)
     for module in model.modules():
         if module is head:
             continue
-        if isinstance(module, PackedLinear):
-            yield module.packed.dequantize()
-        elif isinstance(module, torch.nn.Linear):
+        if isinstance(module, torch.nn.Linear):
             weight = module.weight.detach()
             yield weight.dequantize() if hasattr(weight, "qdata") else weight
         elif isinstance(module, Conv1D):

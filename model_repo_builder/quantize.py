@@ -1,19 +1,14 @@
 """Quantizes a loaded model for one build mode.
 
-- int8-weight-only and int4-weight-only use the builder's own packed layout (`runtime.PackedWeight`:
-  integer codes + per-row or per-group scales), written by hand because torchao 0.18 cannot store
-  what these modes need on CPU: its int4 CPU layout (`Int4OpaqueTensor`) has no embedding lookup and
-  keeps float32 scales and zero points, and its int8 layout keeps float32 scales per group.
-  * int8: body Linear layers per-row asymmetric (float32 scale and offset per row, 256 levels over
-    the row's [min, max]); embeddings and the LM head, whose errors go straight into the logits,
-    in groups of 32 with float16 scales (llama.cpp's Q8_0 layout).
-  * int4: every Linear layer, the embeddings and a tied LM head in groups of `group_size`, asymmetric
-    (float16 scale and offset per group, llama.cpp's Q4_1 layout), the range of each group clipped
-    where that lowers its squared error (a small search). Layers whose width is not a multiple of
-    the group size fall back to int8.
-  * Pruned layers (`sparsity` > 0) use symmetric codes instead, so that a pruned weight stays
-    exactly zero.
-  A tied LM head is stored once, as the input embedding.
+- int8-weight-only and int4-weight-only: every Linear layer but the LM head, symmetric integer codes
+  with one float16 (bfloat16 for weights beyond float16's range) scale per group of consecutive weights
+  in a row: int8 in groups of INT8_GROUP, int4 in groups of `group_size`. Written as a compressed-tensors
+  `pack-quantized` Hugging Face folder (weights.py), which vLLM (Marlin kernels), SGLang and
+  transformers load. The recipe is GPTQ on the calibration text (calibration_text.py, disjoint from the
+  evaluation text), with each group's scale from a range search weighted by the layer's input energy;
+  pruned models (`sparsity` > 0) use round-to-nearest, so that a pruned weight stays exactly zero.
+  The embeddings and the LM head stay in float (neither vLLM nor transformers reads them quantized in
+  this format); every unquantized float tensor is stored in the same float16/bfloat16.
 - int8-dynamic: torchao `Int8DynamicActivationInt8WeightConfig` (per-token int8 activations);
   embeddings and a tied head per-row int8 (`Int8WeightOnlyConfig`).
 - fp8: torchao `Float8DynamicActivationFloat8WeightConfig`, which needs CUDA compute capability >= 8.9.
@@ -26,24 +21,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers.pytorch_utils import Conv1D
 
 from .errors import UnsupportedModeError
 from .options import PACKED_MODES, Backend, Mode
-from .runtime import PackedWeight, conv1d_to_linear, output_head
+from .runtime import conv1d_to_linear, output_head
 
 FLOAT_DTYPES = {Mode.NONE: torch.float32, Mode.FP16: torch.float16, Mode.BF16: torch.bfloat16}
-VLLM_MODES = (Mode.NONE, Mode.FP16, Mode.BF16, Mode.FP8)
-# Group size of int8 embeddings and LM heads (the Q8_0 layout).
-INT8_TABLE_GROUP = 32
-# Largest weight magnitude whose group scales are stored as float16 (float32 above it).
+VLLM_MODES = (Mode.NONE, Mode.FP16, Mode.BF16, Mode.FP8, Mode.INT8_WEIGHT_ONLY, Mode.INT4_WEIGHT_ONLY)
+# Group size of int8-weight-only (vLLM's Marlin kernels take groups of 32, 64 or 128, or per row).
+INT8_GROUP = 32
+# Largest weight magnitude stored as float16 (bfloat16 above it).
 FLOAT16_SAFE = 1e4
-# int4 range search: fractions of a group's range clipped from below and from above (every pair),
-# then rounds of weighted least-squares refinement.
-CLIP_STEPS = (0.0, 0.04, 0.08, 0.12)
-LS_ROUNDS = 4
-# Rows quantized at once (bounds the temporary memory of the int4 range search).
-ROW_CHUNK = 4096
+# int4 with an integer zero point per group (vLLM reads it: Marlin's uint4 with zero points).
+INT4_ASYMMETRIC = True
+# Range search of a group's scale: fractions of its largest magnitude clipped off.
+CLIP_STEPS = (0.0, 0.03, 0.06, 0.09, 0.12, 0.15)
+# GPTQ: damping (fraction of the mean Hessian diagonal added to it) and columns per lazy-update block.
+GPTQ_DAMPING = 0.01
+GPTQ_BLOCK = 128
 
 
 @dataclass(frozen=True)
@@ -54,8 +49,9 @@ class QuantizationSummary:
     # Modules per mode label, e.g. {"int4-weight-only": 211}; `formats` says the same per layout.
     layers: dict[str, int]
     formats: dict[str, int] = field(default_factory=dict)
-    # Packed modes: module name -> its packed weight (a tied LM head is stored as the embedding).
-    packed: dict[str, PackedWeight] = field(default_factory=dict, compare=False)
+    # Integer modes: the recipe ("gptq" or "rtn") and each quantized Linear layer's codes and scales.
+    recipe: str | None = None
+    compressed: dict[str, IntWeight] = field(default_factory=dict, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -64,6 +60,7 @@ class QuantizationSummary:
             "tied_embedding": self.tied_embedding,
             "layers": dict(sorted(self.layers.items())),
             "formats": dict(sorted(self.formats.items())),
+            **({"recipe": self.recipe} if self.recipe else {}),
         }
 
 
@@ -95,13 +92,16 @@ def quantize_model(
     mode: Mode,
     group_size: int,
     pruned: bool = False,
-    importance: dict[str, torch.Tensor] | None = None,
+    hessians: dict[str, torch.Tensor] | None = None,
+    converted: bool = False,
 ) -> QuantizationSummary:
-    """Converts `model` (or, in the packed modes, reads it) and says what was done.
+    """Converts `model` and says what was done.
 
-    `layers` counts the modules per format, e.g. {"int4-weight-only": 210, "int8-weight-only": 1}.
-    `pruned` (body Linear layers hold pruned zeros) makes the packed modes keep zero exact.
-    `importance` (from `column_importance`) weights the int4 range search.
+    `layers` counts the modules per format, e.g. {"int4-weight-only": 210}. In the integer weight-only
+    modes the model keeps float layers holding the served (de-quantized) weights, and `compressed` the
+    codes and scales weights.py writes. `pruned` (body Linear layers hold pruned zeros) keeps zero exact
+    (round to nearest instead of GPTQ). `hessians` (from `calibration_hessians`) turn on GPTQ.
+    `converted`: the caller already turned the model's Conv1D layers into nn.Linear.
     fp8 expects the model on its CUDA device already.
     """
     if mode in FLOAT_DTYPES:
@@ -109,12 +109,13 @@ def quantize_model(
         model.to(dtype)
         return QuantizationSummary(str(dtype).removeprefix("torch."), False, _is_tied(model), {})
     model.float()
-    converted = conv1d_to_linear(model) > 0
+    converted = conv1d_to_linear(model) > 0 or converted
     tied = _is_tied(model)
     if mode in PACKED_MODES:
-        packed, formats = _quantize_packed(model, mode, group_size, tied, pruned, importance or {})
-        labels = Counter(f"int{weight.bits}-weight-only" for weight in packed.values())
-        return QuantizationSummary("float32", converted, tied, dict(labels), formats, packed)
+        check_integer_layout(model, mode, group_size)
+        compressed, formats, recipe = _quantize_integer_weights(model, mode, group_size, pruned, hessians)
+        layers = {str(mode): len(compressed)}
+        return QuantizationSummary("float32", converted, tied, layers, formats, recipe, compressed)
     layers = _quantize_fp8(model) if mode is Mode.FP8 else _quantize_integer(model, mode, group_size, tied)
     return QuantizationSummary("float32", converted, tied, layers)
 
@@ -145,195 +146,248 @@ def _quantize_integer(model: Any, mode: Mode, group_size: int, tied: bool) -> di
     return dict(Counter(labels[kind] for kind in plan.values()))
 
 
-def column_importance(model: Any, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per Linear (or Conv1D) layer, 1 + the mean square of each input column over `input_ids`,
-    relative to its mean over columns: the weight of that column's error in the int4 search.
+def _nonzero(scale: torch.Tensor) -> torch.Tensor:
+    """A zero scale (an all-zero group) becomes 1, so that its codes stay finite (and zero)."""
+    return torch.where(scale > 0, scale, torch.ones_like(scale))
 
-    Some hidden dimensions carry activations a hundred times larger than the rest (in SmolLM2 8 of
-    576 final hidden dimensions hold half the energy), so an error in their weight columns costs
-    a hundred times more in the output; the 1 keeps every column counted.
-    """
+
+@dataclass
+class IntWeight:
+    """One Linear weight in compressed-tensors' integer layout: `w = (code - zero_point) * scale`, one scale
+    (and, asymmetric, one integer zero point) per group of `group_size` consecutive weights of a row;
+    codes -2^(bits-1)..2^(bits-1)-1."""
+
+    codes: torch.Tensor  # int8 [rows, cols]
+    scale: torch.Tensor  # [rows, cols / group_size], in the stored float dtype
+    zero_point: torch.Tensor | None  # int8 [rows, cols / group_size]; None when symmetric
+    bits: int
+    group_size: int
+
+    def dequantize(self) -> torch.Tensor:
+        """The weight as served: compressed-tensors' own de-quantization (in the scale's dtype), as float32."""
+        from compressed_tensors.quantization.lifecycle.forward import dequantize
+
+        args = quantization_args(self.bits, self.group_size, self.zero_point is None)
+        return dequantize(self.codes, self.scale, self.zero_point, args).float()
+
+
+def quantization_args(bits: int, group_size: int, symmetric: bool) -> Any:
+    from compressed_tensors.quantization import QuantizationArgs
+
+    return QuantizationArgs(num_bits=bits, type="int", symmetric=symmetric, strategy="group", group_size=group_size)
+
+
+def integer_layout(mode: Mode, group_size: int) -> tuple[int, int]:
+    """(bits, group size) of a weight-only integer mode."""
+    return (8, INT8_GROUP) if mode is Mode.INT8_WEIGHT_ONLY else (4, group_size)
+
+
+def storage_dtype(model: Any) -> torch.dtype:
+    """The float dtype the compressed folder stores scales and unquantized tensors in: bfloat16 for a model
+    with weights beyond float16's range, else float16 (vLLM's Marlin kernels run in either, not float32)."""
+    biggest = max((p.detach().abs().max().item() for p in model.parameters() if p.is_floating_point()), default=0.0)
+    return torch.float16 if biggest < FLOAT16_SAFE else torch.bfloat16
+
+
+def quantized_layers(model: Any) -> dict[str, torch.nn.Linear]:
+    """The Linear layers the integer modes quantize: all but the LM head (vLLM and transformers keep the
+    head and the embeddings in float; a tied head is the embedding)."""
+    head = output_head(model)
+    return {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and module is not head
+    }
+
+
+def check_integer_layout(model: Any, mode: Mode, group_size: int) -> None:
+    """Refuses, before any work, a model the integer layout cannot hold."""
+    bits, group = integer_layout(mode, group_size)
+    layers = quantized_layers(model)
+    if not layers:
+        raise UnsupportedModeError(f"{mode} quantizes Linear layers and this model has none besides its LM head")
+    bad = sorted({(name.rsplit(".", 1)[-1], m.in_features) for name, m in layers.items() if m.in_features % group})
+    if bad:
+        widths = ", ".join(f"{kind} ({cols} inputs)" for kind, cols in bad[:4])
+        raise UnsupportedModeError(
+            f"{mode} stores groups of {group} weights per row, which does not divide the input width of {widths}; "
+            + ("use a --group-size that divides it (32 divides more widths)" if bits == 4 else "")
+        )
+
+
+def calibration_batches(reference: Any) -> list[torch.Tensor]:
+    """The calibration text's token ids (a loaded model's tokenizer), in windows the model's context holds."""
+    from .calibration_text import CALIBRATION_TEXT
+    from .quality import MAX_EVAL_TOKENS
+
+    context = int(getattr(reference.model.config, "max_position_embeddings", MAX_EVAL_TOKENS))
+    size = min(context, MAX_EVAL_TOKENS)
+    ids = reference.tokenizer(CALIBRATION_TEXT, return_tensors="pt").input_ids[0]
+    return [ids[start : start + size][None] for start in range(0, len(ids), size)]
+
+
+def calibration_hessians(model: Any, batches: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per quantized Linear layer, E[x x^T] of its inputs over the calibration token ids (float64 sums)."""
+    layers = quantized_layers(model)
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
     hooks = []
 
     def record(name: str) -> Any:
         def hook(_module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], _output: Any) -> None:
-            x = inputs[0].detach().float().reshape(-1, inputs[0].shape[-1])
-            sums[name] = sums.get(name, 0) + x.square().sum(0).cpu()
+            x = inputs[0].detach().double().reshape(-1, inputs[0].shape[-1]).cpu()
+            sums[name] = sums.get(name, 0) + x.T @ x
             counts[name] = counts.get(name, 0) + x.shape[0]
 
         return hook
 
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear | Conv1D):
-            hooks.append(module.register_forward_hook(record(name)))
+    for name, module in layers.items():
+        hooks.append(module.register_forward_hook(record(name)))
     try:
         with torch.inference_mode():
-            model(input_ids.to(next(model.parameters()).device))
+            for ids in batches:
+                model(ids.to(next(model.parameters()).device))
     finally:
         for hook in hooks:
             hook.remove()
-    importance = {}
-    for name, total in sums.items():
-        mean_square = total / counts[name]
-        importance[name] = 1 + mean_square / mean_square.mean().clamp(min=1e-12)
-    return importance
+    return {name: (total / counts[name]).float() for name, total in sums.items()}
 
 
-def _quantize_packed(
-    model: Any, mode: Mode, group_size: int, tied: bool, pruned: bool, importance: dict[str, torch.Tensor]
-) -> tuple[dict[str, PackedWeight], dict[str, int]]:
-    """Packs every Linear and Embedding weight; the model itself is left as it is."""
-    head = output_head(model)
-    head_name = next((name for name, module in model.named_modules() if module is head), None)
-    packed: dict[str, PackedWeight] = {}
-    formats: Counter[str] = Counter()
-    for name, module in model.named_modules():
-        table = isinstance(module, torch.nn.Embedding) or module is head
-        if not (table or isinstance(module, torch.nn.Linear)) or (tied and module is head):
-            continue
-        weight = module.weight.detach().float()
-        symmetric = pruned and not table
-        cols = weight.shape[1]
-        # A tied embedding is also the LM head: its columns matter as much as the head's inputs.
-        source = head_name if tied and module is model.get_input_embeddings() and head_name else name
-        columns = importance.get(source)
-        if mode is Mode.INT4_WEIGHT_ONLY and cols % group_size == 0:
-            packed[name], label = pack_int4(weight, group_size, symmetric, columns)
-        elif table and cols % INT8_TABLE_GROUP == 0:
-            packed[name], label = pack_int8_groups(weight, INT8_TABLE_GROUP)
-        else:
-            packed[name], label = pack_int8_rows(weight, symmetric)
-        formats[label] += 1
-    return packed, dict(formats)
-
-
-def _scale_dtype(weight: torch.Tensor) -> torch.dtype:
-    return torch.float16 if weight.abs().max().item() < FLOAT16_SAFE else torch.float32
-
-
-def _nonzero(scale: torch.Tensor) -> torch.Tensor:
-    """A zero scale (an all-zero row or group) becomes 1, so that its codes stay finite (and zero)."""
-    return torch.where(scale > 0, scale, torch.ones_like(scale))
-
-
-def pack_int8_rows(weight: torch.Tensor, symmetric: bool) -> tuple[PackedWeight, str]:
-    """Per-row int8 with float32 scales: asymmetric over [min, max], or symmetric (zero stays exact)."""
-    rows, cols = weight.shape
-    packed = PackedWeight((rows, cols), 8, cols, "float32", offset=not symmetric)
+def _group_params(
+    groups: torch.Tensor, weights: torch.Tensor, bits: int, symmetric: bool, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per group of [rows, n, size] weights, the scale (rounded to `dtype`) and integer zero point (0 when
+    symmetric) with the least weighted squared error (`weights`: [n, size]) among clipped ranges:
+    symmetric max|w| * (1 - c), asymmetric [min + a * width, max - b * width], c, a, b in CLIP_STEPS."""
+    low_code, high_code = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
     if symmetric:
-        scale = _nonzero(weight.abs().amax(1, keepdim=True) / 127)
-        codes = (weight / scale).round().clamp(-127, 127)
+        peak = groups.abs().amax(-1)
+        trials = [(-peak * (1 - clip), peak * (1 - clip)) for clip in CLIP_STEPS]
     else:
-        low, high = weight.aminmax(dim=1, keepdim=True)
-        scale = _nonzero((high - low) / 255)
-        offset = low + 128 * scale
-        codes = ((weight - offset) / scale).round().clamp(-128, 127)
-        assert packed.offset is not None
-        packed.offset.copy_(offset)
-    packed.codes.copy_(codes.to(torch.int8))
-    packed.scale.copy_(scale)
-    kind = "symmetric" if symmetric else "asymmetric"
-    return packed, f"int8 per-row {kind}, float32 scale" + ("" if symmetric else " and offset")
-
-
-def pack_int8_groups(weight: torch.Tensor, group_size: int) -> tuple[PackedWeight, str]:
-    """Symmetric int8 in groups with float16 scales (llama.cpp's Q8_0 layout for group size 32)."""
-    rows, cols = weight.shape
-    dtype = _scale_dtype(weight)
-    groups = weight.reshape(rows, cols // group_size, group_size)
-    scale = _nonzero((groups.abs().amax(-1) / 127).to(dtype))
-    codes = (groups / scale.float()[..., None]).round().clamp(-127, 127)
-    packed = PackedWeight((rows, cols), 8, group_size, str(dtype).removeprefix("torch."), offset=False)
-    packed.codes.copy_(codes.reshape(rows, cols).to(torch.int8))
-    packed.scale.copy_(scale)
-    return packed, f"int8 group {group_size} symmetric, {packed.spec()['scale_dtype']} scale"
-
-
-def pack_int4(
-    weight: torch.Tensor, group_size: int, symmetric: bool, importance: torch.Tensor | None = None
-) -> tuple[PackedWeight, str]:
-    """int4 in groups: asymmetric with a searched range, or symmetric (codes 0..15 around 8).
-
-    `importance` (one value per input column) weights the squared error the search minimizes.
-    """
-    rows, cols = weight.shape
-    dtype = _scale_dtype(weight)
-    packed = PackedWeight((rows, cols), 4, group_size, str(dtype).removeprefix("torch."), offset=True)
-    assert packed.offset is not None
-    column_weights = (torch.ones(cols) if importance is None else importance.float()).reshape(-1, group_size)
-    for start in range(0, rows, ROW_CHUNK):
-        chunk = weight[start : start + ROW_CHUNK].reshape(-1, cols // group_size, group_size)
+        low, high = groups.aminmax(dim=-1)
+        low, high = low.clamp(max=0), high.clamp(min=0)  # the integer zero point needs 0 in the range
+        width = high - low
+        trials = [(low + below * width, high - above * width) for below in CLIP_STEPS for above in CLIP_STEPS]
+    best: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    for low_value, high_value in trials:
         if symmetric:
-            scale = _nonzero((chunk.abs().amax(-1) / 7).to(dtype))
-            # offset -8 * scale is exact in float16, so code 8 is exactly zero.
-            offset = -8 * scale
-            codes = (chunk / scale.float()[..., None]).round().clamp(-8, 7) + 8
+            scale = _nonzero((high_value / high_code).to(dtype)).float()
+            zero = torch.zeros_like(scale)
         else:
-            codes, scale, offset = _int4_search(chunk, column_weights, dtype)
-        codes = codes.reshape(-1, cols).to(torch.uint8)
-        packed.codes[start : start + ROW_CHUNK] = codes[:, 0::2] | (codes[:, 1::2] << 4)
-        packed.scale[start : start + ROW_CHUNK] = scale
-        packed.offset[start : start + ROW_CHUNK] = offset
-    kind = "symmetric" if symmetric else "asymmetric"
-    return packed, f"int4 group {group_size} {kind}, {packed.spec()['scale_dtype']} scale and offset"
-
-
-def _int4_fit(
-    groups: torch.Tensor, weights: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, dtype: torch.dtype
-) -> tuple[torch.Tensor, ...]:
-    """Codes for each group's scale and offset (rounded to `dtype` first), and the weighted squared error."""
-    scale = _nonzero(scale.to(dtype))
-    offset = offset.to(dtype)
-    scale32, offset32 = scale.float()[..., None], offset.float()[..., None]
-    codes = ((groups - offset32) / scale32).round().clamp(0, 15)
-    error = ((codes * scale32 + offset32 - groups).square() * weights).sum(-1)
-    return codes, scale, offset, error
-
-
-def _int4_search(
-    groups: torch.Tensor, weights: torch.Tensor, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per group, the scale and offset with the least weighted squared error.
-
-    First every clipped range [low + a * width, high - b * width] for a, b in CLIP_STEPS (0 = the
-    group's min or max), then LS_ROUNDS of weighted least squares: the best scale and offset for
-    the current codes, then the codes for them, kept where the error drops.
-    """
-    low, high = groups.aminmax(dim=-1)
-    width = high - low
-    best: tuple[torch.Tensor, ...] | None = None
-
-    def keep(trial: tuple[torch.Tensor, ...]) -> None:
-        nonlocal best
+            scale = _nonzero(((high_value - low_value) / (high_code - low_code)).to(dtype)).float()
+            zero = (low_code - low_value / scale).round().clamp(low_code, high_code)
+        codes = ((groups / scale[..., None]).round() + zero[..., None]).clamp(low_code, high_code)
+        error = (((codes - zero[..., None]) * scale[..., None] - groups).square() * weights).sum(-1)
         if best is None:
-            best = trial
-            return
-        better = trial[3] < best[3]
-        best = (
-            torch.where(better[..., None], trial[0], best[0]),
-            *(torch.where(better, new, old) for new, old in zip(trial[1:], best[1:], strict=True)),
-        )
-
-    for below in CLIP_STEPS:
-        for above in CLIP_STEPS:
-            trial_low = low + below * width
-            keep(_int4_fit(groups, weights, (high - above * width - trial_low) / 15, trial_low, dtype))
+            best = (scale, zero, error)
+        else:
+            better = error < best[2]
+            best = (
+                torch.where(better, scale, best[0]),
+                torch.where(better, zero, best[1]),
+                torch.where(better, error, best[2]),
+            )
     assert best is not None
-    total = weights.sum(-1)
-    for _ in range(LS_ROUNDS):
-        codes = best[0]
-        sum_q = (weights * codes).sum(-1)
-        sum_qq = (weights * codes * codes).sum(-1)
-        sum_w = (weights * groups).sum(-1)
-        sum_qw = (weights * codes * groups).sum(-1)
-        det = total * sum_qq - sum_q * sum_q
-        solvable = det > 0
-        scale = torch.where(solvable, (total * sum_qw - sum_q * sum_w) / torch.where(solvable, det, 1.0), 0.0)
-        offset = (sum_w - scale * sum_q) / total
-        keep(_int4_fit(groups, weights, scale, offset, dtype))
-    return best[0], best[1], best[2]
+    return best[0].to(dtype), best[1]
+
+
+def _codes(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
+    """compressed-tensors' rounding: clamp(round(x / scale) + zero_point)."""
+    return ((x / scale).round() + zero).clamp(-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+
+
+def quantize_rtn(
+    weight: torch.Tensor,
+    bits: int,
+    group_size: int,
+    dtype: torch.dtype,
+    symmetric: bool = True,
+    importance: torch.Tensor | None = None,
+) -> IntWeight:
+    """Round to nearest with per-group parameters from the range search (weighted by `importance` per
+    column). Symmetric codes keep a zero weight (pruned) exactly zero."""
+    rows, cols = weight.shape
+    groups = weight.float().reshape(rows, cols // group_size, group_size)
+    weights = (torch.ones(cols) if importance is None else importance.float()).reshape(-1, group_size)
+    scale, zero = _group_params(groups, weights, bits, symmetric, dtype)
+    codes = _codes(groups, scale.float()[..., None], zero[..., None], bits)
+    return IntWeight(
+        codes.reshape(rows, cols).to(torch.int8), scale, None if symmetric else zero.to(torch.int8), bits, group_size
+    )
+
+
+def quantize_gptq(
+    weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int, dtype: torch.dtype, symmetric: bool = True
+) -> IntWeight:
+    """GPTQ (Frantar et al. 2022): columns quantized left to right, each one's rounding error spread over
+    the columns not yet quantized through the inverse Hessian of the layer's inputs; a group's scale (and
+    zero point) is chosen by the range search, weighted by the Hessian's diagonal, when the sweep reaches
+    its first column."""
+    rows, cols = weight.shape
+    w = weight.detach().float().clone()
+    h = hessian.double().clone()
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1
+    w[:, dead] = 0
+    h += GPTQ_DAMPING * torch.diag(h).mean() * torch.eye(cols, dtype=h.dtype)
+    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True).float()
+    diag = torch.diag(hessian).float().clamp(min=0)
+    importance = 1 + diag / diag.mean().clamp(min=1e-12)
+    codes = torch.zeros(rows, cols, dtype=torch.int8)
+    scales = torch.zeros(rows, cols // group_size, dtype=dtype)
+    zeros = torch.zeros(rows, cols // group_size)
+    block = max(GPTQ_BLOCK, group_size)
+    scale = zero = torch.zeros(rows)
+    for start in range(0, cols, block):
+        end = min(start + block, cols)
+        chunk = w[:, start:end].clone()
+        errors = torch.zeros_like(chunk)
+        inverse = hinv[start:end, start:end]
+        for i in range(end - start):
+            column = start + i
+            if column % group_size == 0:
+                group = chunk[:, i : i + group_size].reshape(rows, 1, group_size)
+                found_scale, found_zero = _group_params(
+                    group, importance[column : column + group_size][None], bits, symmetric, dtype
+                )
+                scales[:, column // group_size] = found_scale[:, 0]
+                zeros[:, column // group_size] = found_zero[:, 0]
+                scale, zero = found_scale[:, 0].float(), found_zero[:, 0]
+            q = _codes(chunk[:, i], scale, zero, bits)
+            codes[:, column] = q.to(torch.int8)
+            error = (chunk[:, i] - (q - zero) * scale) / inverse[i, i]
+            chunk[:, i:] -= error[:, None] * inverse[i, i:][None]
+            errors[:, i] = error
+        w[:, end:] -= errors @ hinv[start:end, end:]
+    return IntWeight(codes, scales, None if symmetric else zeros.to(torch.int8), bits, group_size)
+
+
+def _quantize_integer_weights(
+    model: Any, mode: Mode, group_size: int, pruned: bool, hessians: dict[str, torch.Tensor] | None
+) -> tuple[dict[str, IntWeight], dict[str, int], str]:
+    """Quantizes every body Linear layer and puts the served (de-quantized) weight in its place; the
+    other float tensors are rounded to the stored dtype, so the model in memory is the one served."""
+    bits, group = integer_layout(mode, group_size)
+    # int4 is asymmetric (an integer zero point per group) unless pruned zeros must stay exact; int8 is
+    # symmetric (vLLM's Marlin kernels take no 8-bit zero points).
+    symmetric = bits == 8 or pruned or not INT4_ASYMMETRIC
+    dtype = storage_dtype(model)
+    recipe = "gptq" if hessians and not pruned else "rtn"
+    quantized: dict[str, IntWeight] = {}
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.is_floating_point():
+                parameter.data = parameter.data.to(dtype).float()
+        for name, module in quantized_layers(model).items():
+            if recipe == "gptq" and hessians is not None:
+                weight = quantize_gptq(module.weight, hessians[name], bits, group, dtype, symmetric)
+            else:
+                weight = quantize_rtn(module.weight, bits, group, dtype, symmetric)
+            module.weight.data = weight.dequantize()
+            quantized[name] = weight
+    kind = "symmetric" if symmetric else "asymmetric"
+    label = f"int{bits} group {group} {kind}, {str(dtype).removeprefix('torch.')} scale ({recipe})"
+    return quantized, {label: len(quantized)}, recipe
 
 
 def _quantize_fp8(model: Any) -> dict[str, int]:

@@ -1,12 +1,14 @@
 """Loads a built model and runs one batch: the code that Triton's model.py and the builder share.
 
 The builder copies this file into every repository as `batchline_runtime.py`, so a served model
-needs torch, transformers and torchao but not this package. It must import nothing from it.
+needs torch, transformers, compressed-tensors (int8/int4 weight-only builds) and torchao (int8-dynamic,
+fp8) but not this package. It must import nothing from it.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +31,9 @@ from transformers.pytorch_utils import Conv1D
 
 MANIFEST_FILE = "batchline-weights.json"
 STATE_FILE = "quantized_state.pt"
-# Manifest `format` of the builder's own integer layout (PackedWeight tensors in STATE_FILE).
-PACKED_FORMAT = "packed-state-dict"
+# Manifest `format` of int8/int4 weight-only builds: a Hugging Face folder whose config.json carries a
+# compressed-tensors `quantization_config` (pack-quantized weights), as vLLM and transformers read it.
+COMPRESSED_FORMAT = "compressed-tensors"
 CAUSAL_LM = "causal-lm"
 EMBEDDING = "embedding"
 
@@ -45,90 +48,6 @@ class LoadedModel:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
-
-
-class PackedWeight(torch.nn.Module):
-    """A 2-D weight stored as integer codes with per-group scales: `w = code * scale (+ offset)`.
-
-    Codes are int8 (`bits` 8, values -128..127) or two 4-bit codes per uint8 byte (`bits` 4, values
-    0..15, low nibble first). `scale` and the optional `offset` hold one value per group of
-    `group_size` consecutive weights of a row ([rows, cols / group_size]; a group the size of a row
-    is per-row). Dequantizing always computes in float32, so every way of running the weights (per
-    call, once at load, one row at a time for a lookup) gives the same numbers.
-    """
-
-    codes: torch.Tensor
-    scale: torch.Tensor
-    offset: torch.Tensor | None
-
-    def __init__(self, shape: Sequence[int], bits: int, group_size: int, scale_dtype: str, offset: bool) -> None:
-        super().__init__()
-        rows, cols = shape
-        if bits not in (4, 8) or cols % group_size or (bits == 4 and group_size % 2):
-            raise ValueError(f"bad packed weight: shape {tuple(shape)}, {bits} bits, groups of {group_size}")
-        self.shape = (rows, cols)
-        self.bits = bits
-        self.group_size = group_size
-        dtype = getattr(torch, scale_dtype)
-        if bits == 8:
-            self.register_buffer("codes", torch.empty(rows, cols, dtype=torch.int8))
-        else:
-            self.register_buffer("codes", torch.empty(rows, cols // 2, dtype=torch.uint8))
-        self.register_buffer("scale", torch.empty(rows, cols // group_size, dtype=dtype))
-        self.register_buffer("offset", torch.empty(rows, cols // group_size, dtype=dtype) if offset else None)
-
-    @classmethod
-    def from_spec(cls, spec: dict[str, Any]) -> PackedWeight:
-        return cls(spec["shape"], spec["bits"], spec["group_size"], spec["scale_dtype"], spec["offset"])
-
-    def spec(self) -> dict[str, Any]:
-        """What the manifest records to rebuild an empty PackedWeight of this layout."""
-        return {
-            "shape": list(self.shape),
-            "bits": self.bits,
-            "group_size": self.group_size,
-            "scale_dtype": str(self.scale.dtype).removeprefix("torch."),
-            "offset": self.offset is not None,
-        }
-
-    def dequantize(self, rows: torch.Tensor | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """The float weight, or only the rows `rows` (any shape of indices) for an embedding lookup."""
-        codes, scale, offset = self.codes, self.scale, self.offset
-        if rows is not None:
-            codes, scale = codes[rows], scale[rows]
-            offset = None if offset is None else offset[rows]
-        if self.bits == 4:
-            codes = torch.stack((codes & 15, codes >> 4), dim=-1).reshape(*codes.shape[:-1], self.shape[1])
-        lead = codes.shape[:-1]
-        groups = codes.reshape(*lead, -1, self.group_size).to(torch.float32) * scale.to(torch.float32)[..., None]
-        if offset is not None:
-            groups = groups + offset.to(torch.float32)[..., None]
-        return groups.reshape(*lead, self.shape[1]).to(dtype)
-
-
-class PackedLinear(torch.nn.Module):
-    """nn.Linear on a PackedWeight, de-quantized on every call (weights stay small in memory)."""
-
-    def __init__(self, packed: PackedWeight, bias: torch.Tensor | None) -> None:
-        super().__init__()
-        self.packed = packed
-        self.out_features, self.in_features = packed.shape
-        self.bias = None if bias is None else torch.nn.Parameter(bias.detach(), requires_grad=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.linear(x, self.packed.dequantize(dtype=x.dtype), self.bias)
-
-
-class PackedEmbedding(torch.nn.Module):
-    """nn.Embedding on a PackedWeight: a lookup de-quantizes only the rows it reads."""
-
-    def __init__(self, packed: PackedWeight) -> None:
-        super().__init__()
-        self.packed = packed
-        self.num_embeddings, self.embedding_dim = packed.shape
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.packed.dequantize(rows=ids)
 
 
 def output_head(model: Any) -> torch.nn.Module | None:
@@ -159,10 +78,11 @@ def conv1d_to_linear(model: torch.nn.Module) -> int:
 def load_model(weights_dir: str | Path, device: str = "cpu", dequantize: bool = False) -> LoadedModel:
     """Rebuilds the model a build saved, quantized tensors included, from its manifest.
 
-    Packed integer weights stay packed in memory and are de-quantized on each call, unless
-    `dequantize` is true: then they are de-quantized once here into plain float32 layers (float32
-    memory and speed; the same numbers either way).
+    int8/int4 weight-only builds (compressed-tensors) are de-quantized once at load into float32 layers,
+    through transformers' compressed-tensors support: float32 memory and speed on CPU, the same numbers
+    the build measured. `dequantize` is kept for callers of earlier builds; every load de-quantizes.
     """
+    del dequantize  # compressed-tensors weights are always de-quantized at load (see above)
     weights_dir = Path(weights_dir)
     manifest = json.loads((weights_dir / MANIFEST_FILE).read_text())
     kind = manifest["kind"]
@@ -171,6 +91,8 @@ def load_model(weights_dir: str | Path, device: str = "cpu", dequantize: bool = 
     model: Any
     if manifest["format"] == "safetensors":
         model = auto.from_pretrained(weights_dir, dtype=dtype)
+    elif manifest["format"] == COMPRESSED_FORMAT:
+        model = _load_compressed(auto, weights_dir, dtype, manifest["conv1d_to_linear"])
     else:
         # Importing the prototype int4 module registers Int4OpaqueTensor as safe for weights_only loads.
         import torchao.prototype.quantization.int4  # noqa: F401
@@ -179,56 +101,53 @@ def load_model(weights_dir: str | Path, device: str = "cpu", dequantize: bool = 
         if manifest["conv1d_to_linear"]:
             conv1d_to_linear(model)
         state = torch.load(weights_dir / STATE_FILE, weights_only=True, mmap=True)
-        if manifest["format"] == PACKED_FORMAT:
-            _load_packed(model, state, manifest, dequantize)
-        else:
-            # assign=True keeps the torchao tensor subclasses (copying into float parameters would not).
-            model.load_state_dict(state, assign=True, strict=True)
-            if manifest["tied_embedding"]:
-                model.get_input_embeddings().weight = model.get_output_embeddings().weight
+        # assign=True keeps the torchao tensor subclasses (copying into float parameters would not).
+        model.load_state_dict(state, assign=True, strict=True)
+        if manifest["tied_embedding"]:
+            model.get_input_embeddings().weight = model.get_output_embeddings().weight
     model = model.to(device).eval()
     return prepare(model, AutoTokenizer.from_pretrained(weights_dir), kind, manifest)
 
 
-def _load_packed(model: Any, state: dict[str, torch.Tensor], manifest: dict[str, Any], dequantize: bool) -> None:
-    """Puts the packed weights (manifest `packed`: module name -> layout) and the float tensors in place.
+def _load_compressed(auto: Any, weights_dir: Path, dtype: torch.dtype, conv1d: bool) -> Any:
+    """A compressed-tensors folder, de-quantized at load.
 
-    A tied LM head is stored once, as the input embedding's PackedWeight, and shares it again here.
+    transformers reads it with CompressedTensorsConfig(dequantize=True). GPT-2 style models, whose
+    transformers modules are Conv1D layers (weights stored in x out) that compressed-tensors does not
+    quantize, were written with nn.Linear layers: they are rebuilt that way and de-quantized by
+    compressed-tensors itself, the same code transformers runs.
     """
-    packed: dict[str, PackedWeight] = {}
-    for name, spec in manifest["packed"].items():
-        weight = PackedWeight.from_spec(spec)
-        prefix = f"{name}.packed."
-        own = {key.removeprefix(prefix): state.pop(key) for key in list(state) if key.startswith(prefix)}
-        weight.load_state_dict(own, strict=True, assign=True)
-        packed[name] = weight
-    head_name = None
-    if manifest["tied_embedding"]:
-        head_name = next(name for name, module in model.named_modules() if module is model.get_output_embeddings())
-        embedding_name = next(name for name, module in model.named_modules() if module is model.get_input_embeddings())
-        packed[head_name] = packed[embedding_name]
+    from transformers import CompressedTensorsConfig
+
+    if not conv1d:
+        with warnings.catch_warnings():
+            # "You passed `quantization_config` ...": only its `dequantize` is taken, as intended.
+            warnings.filterwarnings("ignore", message="You passed `quantization_config`")
+            config = CompressedTensorsConfig(dequantize=True)
+            return auto.from_pretrained(weights_dir, dtype=dtype, quantization_config=config)
+    from compressed_tensors.compressors import ModelCompressor
+    from compressed_tensors.quantization import QuantizationConfig, apply_quantization_config
+    from safetensors.torch import load_file
+
+    config = AutoConfig.from_pretrained(weights_dir)
+    quantization = QuantizationConfig.model_validate(config.quantization_config)
+    model = auto.from_config(config, dtype=dtype)
+    conv1d_to_linear(model)
+    apply_quantization_config(model, quantization)
+    compressor = ModelCompressor(quantization_config=quantization)
+    compressor.compress_model(model)  # gives each quantized layer its weight_packed / weight_scale slots
+    state: dict[str, torch.Tensor] = {}
+    for file in sorted(weights_dir.glob("*.safetensors")):
+        state |= load_file(file)
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-    expected_missing = {f"{name}.weight" for name in packed}
-    if unexpected or set(missing) != expected_missing:
-        raise ValueError(
-            f"{STATE_FILE} does not match the model: missing {sorted(set(missing) - expected_missing)}, "
-            f"unexpected {sorted(unexpected)}"
-        )
-    floats: dict[int, torch.nn.Parameter] = {}
-    for name, weight in packed.items():
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        module = getattr(parent, child)
-        # Embedding subclasses (e.g. scaled embeddings) keep their own forward: they get float weights.
-        plain_embedding = type(module) is torch.nn.Embedding
-        if dequantize or not (plain_embedding or isinstance(module, torch.nn.Linear)):
-            if id(weight) not in floats:
-                floats[id(weight)] = torch.nn.Parameter(weight.dequantize(), requires_grad=False)
-            module.weight = floats[id(weight)]
-        elif plain_embedding:
-            setattr(parent, child, PackedEmbedding(weight))
-        else:
-            setattr(parent, child, PackedLinear(weight, module.bias))
+    head = output_head(model)
+    tied = {f"{name}.weight" for name, module in model.named_modules() if module is head}
+    tied = tied if getattr(config, "tie_word_embeddings", False) else set()
+    if unexpected or set(missing) - tied:
+        raise ValueError(f"{weights_dir} does not match the model: missing {sorted(missing)}, unexpected {unexpected}")
+    compressor.decompress_model(model)
+    model.tie_weights()
+    return model.to(dtype)
 
 
 def prepare(model: Any, tokenizer: Any, kind: str, manifest: dict[str, Any]) -> LoadedModel:

@@ -19,15 +19,7 @@ from model_repo_builder import (
     build,
 )
 from model_repo_builder.options import Backend
-from model_repo_builder.runtime import (
-    MANIFEST_FILE,
-    PACKED_FORMAT,
-    STATE_FILE,
-    PackedEmbedding,
-    PackedLinear,
-    generate,
-    load_model,
-)
+from model_repo_builder.runtime import COMPRESSED_FORMAT, MANIFEST_FILE, STATE_FILE, generate, load_model
 
 from .conftest import LOOSE
 
@@ -42,6 +34,8 @@ MIN_RATIO[Mode.INT4_WEIGHT_ONLY] = 2.5
 
 @pytest.mark.parametrize("mode", CPU_MODES, ids=str)
 def test_every_cpu_mode_builds_shrinks_and_reloads(mode: Mode, tiny_llama: Path, tmp_path: Path) -> None:
+    import torch
+
     result = build(tiny_llama, tmp_path, BuildOptions(mode=mode, quality=LOOSE, warmup=False))
     report = result.report
     assert result.path == tmp_path / result.key and not result.reused
@@ -56,18 +50,18 @@ def test_every_cpu_mode_builds_shrinks_and_reloads(mode: Mode, tiny_llama: Path,
     manifest = json.loads((result.weights_dir / MANIFEST_FILE).read_text())
     packed = mode in (Mode.INT8_WEIGHT_ONLY, Mode.INT4_WEIGHT_ONLY)
     quantized = packed or mode is Mode.INT8_DYNAMIC
-    assert manifest["format"] == (PACKED_FORMAT if packed else "torch-state-dict" if quantized else "safetensors")
-    assert (result.weights_dir / STATE_FILE).is_file() == quantized
+    assert manifest["format"] == (COMPRESSED_FORMAT if packed else "torch-state-dict" if quantized else "safetensors")
+    assert (result.weights_dir / STATE_FILE).is_file() == (mode is Mode.INT8_DYNAMIC)
     model_dir = result.repository / "model"
     served_files = {"model.py", "batchline_runtime.py", "batchline_engine.py", "weights"}
     assert {p.name for p in (model_dir / "1").iterdir()} == served_files
     loaded = load_model(result.weights_dir)
     embedding, head = loaded.model.get_input_embeddings(), loaded.model.get_output_embeddings()
     if packed:
-        # The tied embedding is stored once, and the packed LM head shares it.
-        assert isinstance(embedding, PackedEmbedding) and isinstance(head, PackedLinear)
-        assert embedding.packed is head.packed
-        assert isinstance(loaded.model.model.layers[0].mlp.up_proj, PackedLinear)
+        # compressed-tensors weights come back de-quantized into float32 layers; the head stays tied.
+        assert embedding.weight is head.weight
+        up = loaded.model.model.layers[0].mlp.up_proj
+        assert type(up) is torch.nn.Linear and up.weight.dtype == torch.float32
     elif quantized:
         # The tied embedding is stored once, shared with the int8 LM head.
         assert embedding.weight is head.weight
@@ -75,14 +69,17 @@ def test_every_cpu_mode_builds_shrinks_and_reloads(mode: Mode, tiny_llama: Path,
 
 
 def test_gpt2_conv1d_layers_are_quantized(tiny_gpt2: Path, tmp_path: Path) -> None:
+    import torch
+
     result = build(tiny_gpt2, tmp_path, BuildOptions(mode=Mode.INT4_WEIGHT_ONLY, quality=LOOSE))
     quantization = result.report["quantization"]
     assert quantization["conv1d_to_linear"] and not quantization["tied_embedding"]
-    # 2 blocks x 4 Conv1D, the untied head, the token and the position embeddings, all int4.
-    assert quantization["layers"] == {"int4-weight-only": 11}
+    # 2 blocks x 4 Conv1D, as Linear layers, int4; the untied head and the embeddings stay float.
+    assert quantization["layers"] == {"int4-weight-only": 8}
     loaded = load_model(result.weights_dir)
     c_attn = loaded.model.transformer.h[0].attn.c_attn
-    assert isinstance(c_attn, PackedLinear) and c_attn.packed.bits == 4 and c_attn.bias is not None
+    assert type(c_attn) is torch.nn.Linear and c_attn.bias is not None
+    assert c_attn.weight.shape == (3 * c_attn.in_features, c_attn.in_features)
 
 
 def test_same_inputs_give_the_same_key_and_files(tiny_llama: Path, tmp_path: Path) -> None:
@@ -167,7 +164,7 @@ def _without(*names: str):
         (lambda c, t: c, BuildOptions(mode=Mode.FP8), UnsupportedModeError, "compute capability >= 8.9"),
         (
             lambda c, t: c,
-            BuildOptions(mode=Mode.INT8_WEIGHT_ONLY, backend=Backend.VLLM),
+            BuildOptions(mode=Mode.INT8_DYNAMIC, backend=Backend.VLLM),
             UnsupportedModeError,
             "python backend",
         ),
@@ -186,7 +183,7 @@ def _without(*names: str):
         "corrupt",
         "unsupported",
         "fp8-cpu",
-        "vllm-int8",
+        "vllm-int8-dynamic",
         "gate",
     ],
 )

@@ -121,10 +121,14 @@ def test_fp32_is_an_explicit_mode_and_none_keeps_the_checkpoints_precision() -> 
     assert _spec_rule_violations(defaulted({"model": {"source": "hf://o/m"}, "quantization": {"mode": "fp32"}})) == []
     vllm_fp32 = {"model": {"source": "hf://o/m"}, "quantization": {"mode": "fp32"}, "serving": {"backend": "vllm"}}
     assert _spec_rule_violations(defaulted(vllm_fp32)) == []
-    vllm_int8 = {**vllm_fp32, "quantization": {"mode": "int8-weight-only"}}
-    assert _spec_rule_violations(defaulted(vllm_int8)) == [
-        "spec.quantization.mode: the vllm backend supports none, fp32, fp16, bf16 and fp8."
-    ]
+    # vLLM reads the compressed-tensors int8/int4 weight-only builds; int8-dynamic is CPU-only torchao.
+    for mode in ("int8-weight-only", "int4-weight-only"):
+        assert _spec_rule_violations(defaulted({**vllm_fp32, "quantization": {"mode": mode}})) == []
+    vllm_dynamic = {**vllm_fp32, "quantization": {"mode": "int8-dynamic"}}
+    assert (
+        "spec.quantization.mode: the vllm backend supports none, fp32, fp16, bf16, fp8, int8-weight-only and "
+        "int4-weight-only."
+    ) in _spec_rule_violations(defaulted(vllm_dynamic))
 
 
 def test_build_resources_and_token_secret_are_optional_with_no_defaults() -> None:
