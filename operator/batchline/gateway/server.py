@@ -316,7 +316,9 @@ class Gateway:
                         await self._write(request, response, head + oa.error_event(message))
                         return response, 502
                     data = head + writer.text(piece.text, piece.finish_reason or "stop")
-                    completion = piece.completion_tokens if piece.completion_tokens is not None else count
+                    # As in whole answers, no guess where the model counts no tokens; the time per
+                    # token then spreads over the chunks.
+                    completion = piece.completion_tokens or 0
                     prompt = piece.prompt_tokens or 0
                     if generation.include_usage:
                         data += writer.usage(prompt, completion)
@@ -339,8 +341,9 @@ class Gateway:
             log.info("model %s: stream %s: %s; cancelling it upstream", model.id, request_id, exc)
             return response, CLIENT_CLOSED
         self._tokens(model, prompt, completion)
-        if completion > 1:
-            self.metrics.tpot.labels(model.id).observe((last_at - first_at) / (completion - 1))
+        tokens = completion or count
+        if tokens > 1:
+            self.metrics.tpot.labels(model.id).observe((last_at - first_at) / (tokens - 1))
         with contextlib.suppress(ConnectionError):
             await response.write_eof()
         return response, 200
