@@ -73,15 +73,15 @@ def burst(n: int, context: int, generated: int, at: float = 0.0) -> Trace:
 
 
 def test_in_flight_batching_serves_concurrent_requests_together() -> None:
-    """One CPU replica: eight requests at once finish far sooner than eight one after another,
-    each waits for the prompts ahead of it (TTFT), and decodes at the batch's step time (TPOT)."""
+    """One CPU replica: eight requests at once finish far sooner than eight one after another, but
+    each waits for the prompts ahead of it (TTFT), and decodes slower in a fuller batch (TPOT)."""
     config = SimConfig(profile=CPU_SMOLLM2, initial_replicas=1)
     alone = simulate(burst(1, 200, 50), ScaleOnceTo(1), Targets(latency_ms=1e9), config)
     eight = simulate(burst(8, 200, 50), ScaleOnceTo(1), Targets(latency_ms=1e9), config)
-    assert eight.p95_latency_ms < 3 * alone.p95_latency_ms
-    assert eight.p95_ttft_ms > alone.p95_ttft_ms  # later prompts wait for earlier chunks
-    step = CPU_SMOLLM2.step_ms(0, 8, 8 * 225) / 1000
-    assert eight.p95_tpot_ms == pytest.approx(step * 1000, rel=0.15)
+    assert eight.p95_latency_ms < 0.7 * 8 * alone.p95_latency_ms
+    assert eight.p95_ttft_ms > 3 * alone.p95_ttft_ms  # later prompts wait for earlier chunks
+    assert eight.p95_tpot_ms > alone.p95_tpot_ms
+    assert alone.p95_tpot_ms == pytest.approx(CPU_SMOLLM2.step_ms(0, 1, 225), rel=0.05)
 
 
 def test_the_kv_cache_limits_the_batch_and_refuses_what_can_never_fit() -> None:
@@ -90,10 +90,12 @@ def test_the_kv_cache_limits_the_batch_and_refuses_what_can_never_fit() -> None:
     result = simulate(trace, ScaleOnceTo(1), Targets(latency_ms=1e9), config)
     assert result.refused == 1 and result.unfinished == 0
     assert result.slo_attainment == pytest.approx(0.75)  # the refused request misses its SLO
-    # Two of the three fit at once; the third starts only when one of them frees its cache.
-    config_big = replace(config, profile=replace(CPU_SMOLLM2, kv_cache_tokens=20_000))
-    roomy = simulate(trace, ScaleOnceTo(1), Targets(latency_ms=1e9), config_big)
-    assert roomy.refused == 0 and roomy.p95_ttft_ms < result.p95_ttft_ms
+    # Two of three fit at once: the third starts only when one of them frees its cache.
+    three = Trace("kv3", np.zeros(3), np.full(3, 3000), np.full(3, 100))
+    small = simulate(three, ScaleOnceTo(1), Targets(latency_ms=1e9), config)
+    roomy_config = replace(config, profile=replace(CPU_SMOLLM2, kv_cache_tokens=20_000))
+    roomy = simulate(three, ScaleOnceTo(1), Targets(latency_ms=1e9), roomy_config)
+    assert small.p95_ttft_ms > roomy.p95_ttft_ms
 
 
 def awkward_traces() -> list[Trace]:
