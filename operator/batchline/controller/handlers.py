@@ -13,11 +13,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import kopf
-from kubernetes import client, config
+from kubernetes import client
 from prometheus_api_client import PrometheusConnect
 from urllib3.util.retry import Retry
 
-from batchline import api
+from batchline import api, kube_config
 from batchline.autoscaler import Status
 from batchline.autoscaler.actuator import Scaler, query_config
 from batchline.autoscaler.demand import HeldDemand
@@ -69,10 +69,7 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         settings.watching.label_selectors[kind] = f"{api.LABEL_MANAGED_BY}={api.MANAGED_BY}"
     settings.watching.server_timeout = 300
     settings.networking.error_backoffs = EndlessBackoff()  # an API-server outage of any length is ridden out
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
+    kube_config.load()
     configuration = client.Configuration.get_default_copy()
     configuration.connection_pool_maxsize = 32  # above PASS_WORKERS
     kube = KubeClient(client.ApiClient(configuration))

@@ -171,15 +171,11 @@ class KubernetesDiscovery:
         self._stop = threading.Event()
 
     def start(self) -> None:
-        from kubernetes import client, config
+        from kubernetes import client
 
-        if self.kubeconfig:
-            config.load_kube_config(self.kubeconfig)
-        else:
-            try:
-                config.load_incluster_config()
-            except config.ConfigException:
-                config.load_kube_config()
+        from batchline import kube_config
+
+        kube_config.load(self.kubeconfig)
         api_client = client.ApiClient()
         custom, discovery = client.CustomObjectsApi(api_client), client.DiscoveryV1Api(api_client)
         scopes: list[str | None] = list(self.namespaces) or [None]
