@@ -11,8 +11,12 @@ The in-flight engine is measured over gRPC streaming (TTFT: the first streamed r
 time between the first and the last token over the tokens after the first). The static engine
 answers once per request (gRPC infer), so its TTFT is the whole request and its TPOT the request time
 over its tokens: what a client sees. Output tokens are counted with the model's tokenizer on the
-returned text, for both engines. Peak RSS is the tritonserver process and its python stubs together.
-At concurrency 1 the plain generate() rate of the same weights in this process is the reference.
+returned text, for both engines. One tritonserver holds both models and every level runs both
+engines back to back (the order swapped at each level), so load from elsewhere on the machine drifts
+over both alike. Peak RSS per replica: the model's python stub plus the tritonserver process. At
+concurrency 1 the plain generate() rate of the same weights in this process is the reference,
+measured just before. torch runs 1 thread per engine by default (--threads): on a shared 2-core
+machine, 2 threads per process thrash when other processes compete for the cores.
 
     .venv/bin/python bench/serving_bench.py [--quick] [--out results.json]
 """
@@ -83,13 +87,15 @@ def percentile(values: list[float], q: float) -> float:
 
 
 class RssSampler:
-    """Peak resident memory of a process and its children (tritonserver and its python stubs)."""
+    """Peak resident memory per model: the python stub process that runs it (its cmdline names the
+    model's folder) plus the tritonserver process itself, which both models share."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, models: list[str]) -> None:
         import psutil
 
-        self.process = psutil.Process(pid)
-        self.peak = 0
+        self.server = psutil.Process(pid)
+        self.models = models
+        self.peaks = dict.fromkeys(models, 0)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -98,18 +104,23 @@ class RssSampler:
         import psutil
 
         while not self._stop.wait(0.1):
-            total = 0
             try:
-                for proc in [self.process, *self.process.children(recursive=True)]:
-                    total += proc.memory_info().rss
+                base = self.server.memory_info().rss
+                stubs = {model: 0 for model in self.models}
+                for child in self.server.children(recursive=True):
+                    line = " ".join(child.cmdline())
+                    for model in self.models:
+                        if f"/{model}/" in line:
+                            stubs[model] += child.memory_info().rss
             except psutil.Error:
                 continue
-            self.peak = max(self.peak, total)
+            for model, rss in stubs.items():
+                self.peaks[model] = max(self.peaks[model], base + rss)
 
-    def stop(self) -> int:
+    def stop(self) -> dict[str, int]:
         self._stop.set()
         self._thread.join()
-        return self.peak
+        return self.peaks
 
 
 def _inputs(prompt: str, max_tokens: int, batched: bool, stream: bool) -> list[Any]:
@@ -270,22 +281,25 @@ def main(argv: list[str] | None = None) -> int:
 
     rows: list[dict[str, Any]] = []
     reference = None
-    if 1 in loads:
-        reference = plain_generate_rate(builds[Engine.INFLIGHT].weights_dir, loads[1], tokenizer)
-        print(f"plain generate(): {reference:.1f} tokens/s", file=sys.stderr)
-    for engine in (Engine.INFLIGHT, Engine.STATIC):
-        result = builds[engine]
-        with TritonServer([result.repository]) as server:
-            assert server._process is not None
-            sampler = RssSampler(server._process.pid)
-            for level in levels:
+    # One server holds both models; each level runs one engine after the other (the order swapped at
+    # every level), so that load from elsewhere on the machine drifts over both alike. An idle model
+    # takes next to no CPU (the in-flight engine's loop sleeps on an event).
+    engines = (Engine.INFLIGHT, Engine.STATIC)
+    with TritonServer([builds[engine].repository for engine in engines]) as server:
+        assert server._process is not None
+        sampler = RssSampler(server._process.pid, [builds[engine].model_name for engine in engines])
+        for index, level in enumerate(levels):
+            if level == 1:
+                reference = plain_generate_rate(builds[Engine.INFLIGHT].weights_dir, loads[1], tokenizer)
+                print(f"plain generate(): {reference:.1f} tokens/s", file=sys.stderr)
+            for engine in engines if index % 2 == 0 else reversed(engines):
+                result = builds[engine]
                 row = run_level(server.grpc_url, result.model_name, str(engine), loads[level], level, tokenizer)
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr)
-            peak = sampler.stop()
-        for row in rows:
-            if row["engine"] == str(engine):
-                row["peak_rss_mib"] = peak / 2**20
+        peaks = sampler.stop()
+    for row in rows:
+        row["peak_rss_mib"] = peaks[builds[Engine(row["engine"])].model_name] / 2**20
 
     print(table(rows, reference, args.quick))
     if args.out:
