@@ -186,3 +186,13 @@ def test_stop_string_helpers() -> None:
     assert _find_stop("hello world", ("xyz",), 0) is None
     assert _stop_prefix_length("the end is ne", ("near",)) == 2
     assert _stop_prefix_length("the end", ("near", "d")) == 0
+
+
+def test_a_transformers_without_continuous_batching_fails_at_load_with_a_clear_message() -> None:
+    from model_repo_builder.engine import EngineUnavailableError
+
+    older = SimpleNamespace(config=None)  # a model object as transformers < 5.17 builds it: no init_continuous_batching
+    with pytest.raises(
+        EngineUnavailableError, match=r"no continuous batching.*transformers>=5\.17,<6.*--engine static"
+    ):
+        Engine(older, None, kv_cache_tokens=1024, max_batch_tokens=256, max_requests=8)
