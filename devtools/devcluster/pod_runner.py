@@ -42,6 +42,7 @@ from devcluster.pod_status import (
     timestamp,
 )
 from devcluster.probes import Probe, probes
+from devcluster.process import start_ticks
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +57,6 @@ PID_FILE = "pid"
 TERMINAL = ("Succeeded", "Failed")
 
 
-def _start_ticks(pid: int) -> str:
-    """The process's start time in clock ticks (field 22 of /proc/PID/stat): pid plus this names a process."""
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-
-
 def kill_recorded_processes(root: Path) -> int:
     """SIGKILL the process group of every recorded pid under `root` that is still that process; returns
     how many were killed."""
@@ -68,7 +64,7 @@ def kill_recorded_processes(root: Path) -> int:
     for pid_file in root.rglob(PID_FILE):
         with contextlib.suppress(OSError, ValueError, IndexError):
             pid, ticks = pid_file.read_text().split()
-            if _start_ticks(int(pid)) == ticks:
+            if start_ticks(int(pid)) == ticks:
                 os.killpg(int(pid), signal.SIGKILL)
                 killed += 1
         pid_file.unlink(missing_ok=True)
@@ -321,7 +317,7 @@ class PodRunner(threading.Thread):
             return
         pid = run.process.pid
         with contextlib.suppress(OSError, IndexError):
-            (run.directory / PID_FILE).write_text(f"{pid} {_start_ticks(pid)}\n")
+            (run.directory / PID_FILE).write_text(f"{pid} {start_ticks(pid)}\n")
         run.started_wall = wall
         run.probes = probes(run.spec, now)
         run.kill_at, run.stop_message = None, ""
