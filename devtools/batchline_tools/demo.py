@@ -29,7 +29,6 @@ from kubernetes import client, config
 
 from devcluster.binaries import cache_root
 from devcluster.controlplane import LocalCluster
-from devcluster.operator_process import OperatorProcess
 from devcluster.prometheus import PrometheusServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -195,7 +194,6 @@ def watch(cluster: Cluster, stop: threading.Event, seen: list[tuple[float, int, 
 
 def run(args: argparse.Namespace) -> int:
     local = LocalCluster(args.name)
-    cache = cache_root()  # survives `local down`: the checkpoint and the built models stay
     step("local control plane: etcd, kube-apiserver, controller-manager, scheduler, KWOK and a process node")
     kubeconfig = local.up()
     kubectl(kubeconfig, "apply", "--server-side", "-f", str(REPO / "crds" / "llmdeployment.yaml"))
@@ -209,23 +207,18 @@ def run(args: argparse.Namespace) -> int:
     prometheus = PrometheusServer(scrape_interval_s=2.0, pod_discovery=local.pod_discovery()).start()
     say(f"prometheus {prometheus.url}")
 
-    step("operator")
-    operator = OperatorProcess(
-        Path(local.operator_kubeconfig),
-        local.state_dir / "operator.log",
-        env={
-            "BATCHLINE_MODEL_CACHE_HOST_PATH": str(cache / "model-cache"),
-            "BATCHLINE_PROMETHEUS_URL": prometheus.url,
-            "BATCHLINE_AUTOSCALE_TICK_SECONDS": "5",
-            "BATCHLINE_BUILD_CPU": "2",
-            "BATCHLINE_BUILD_MEMORY": "6Gi",
-            "BATCHLINE_BUILD_RETRY_SECONDS": "30",
-        },
-    )
-    operator.start()
+    step("operator, as `batchline local up` runs it, plus this Prometheus and quicker ticks")
     try:
-        operator.wait_for_log("Activity 'startup' succeeded", timeout=120)
-        say(f"running; log {local.state_dir / 'operator.log'}")
+        # The local settings (model cache folder, builder sizes that fit the process node) come from
+        # `local up`'s code; the demo adds only what is its own.
+        local.ensure_operator(
+            {
+                "BATCHLINE_PROMETHEUS_URL": prometheus.url,
+                "BATCHLINE_AUTOSCALE_TICK_SECONDS": "5",
+                "BATCHLINE_BUILD_RETRY_SECONDS": "30",
+            }
+        )
+        say(f"running with {local.operator_env_file}; log {local.layout.log('operator')}")
 
         step(f"apply {EXAMPLE.relative_to(REPO)}, then build (a Job) -> model ready -> Triton pods -> Ready")
         manifest = yaml.safe_load(EXAMPLE.read_text())
@@ -255,13 +248,21 @@ def run(args: argparse.Namespace) -> int:
         watcher.join()
         summary(kubeconfig, cluster, burst, seen)
     finally:
-        operator.stop()
         prometheus.stop()
+        restore_operator(local)
     print(
-        f"\nThe cluster and its Triton pods are still up: export KUBECONFIG={kubeconfig}\n"
+        f"\nThe cluster, its operator and its Triton pods are still up: export KUBECONFIG={kubeconfig}\n"
         f"Stop them with: batchline local down --name {args.name}"
     )
     return 0
+
+
+def restore_operator(local: LocalCluster) -> None:
+    """Leave the operator as `batchline local up` runs it (the demo's Prometheus is gone)."""
+    try:
+        local.ensure_operator()
+    except (RuntimeError, TimeoutError, OSError) as err:
+        print(f"could not restart the operator without the demo's settings: {err}", file=sys.stderr)
 
 
 def _p95(values: list[float]) -> float:

@@ -1,5 +1,6 @@
 """`batchline local up|down|status`: a local control plane with fake GPU nodes and process nodes (which
-run tritonserver and batchline pods as local processes) for development and tests."""
+run tritonserver and batchline pods as local processes), and the operator with the settings such a
+cluster needs, for development and tests."""
 
 from __future__ import annotations
 
@@ -28,10 +29,14 @@ def register(subparsers: Any) -> None:
     up.add_argument("--gpu-product", default=DEFAULT_GPU_PRODUCT, help="nvidia.com/gpu.product label")
     up.add_argument("--process-nodes", type=int, default=1,
                     help="nodes whose pods run as local processes (tritonserver, batchline; default: 1)")
+    up.add_argument("--no-operator", dest="operator", action="store_false",
+                    help="do not run the operator (stop it if it runs), e.g. to run `batchline operator` "
+                         "yourself with the settings in <state dir>/operator.env")
     up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait once binaries exist")
     up.set_defaults(func=_up)
 
-    down = actions.add_parser("down", parents=[common], help="stop everything and remove the state dir")
+    down = actions.add_parser("down", parents=[common],
+                              help="stop everything (the operator too) and remove the state dir")
     down.set_defaults(func=_down)
 
     status = actions.add_parser("status", parents=[common], help="components, nodes, GPUs; exit 1 if not up")
@@ -46,11 +51,15 @@ def _cluster(args: argparse.Namespace) -> LocalCluster:
 def _up(args: argparse.Namespace) -> int:
     cluster = _cluster(args)
     try:
-        kubeconfig = cluster.up(args.nodes, args.gpus_per_node, args.gpu_product, args.timeout, args.process_nodes)
+        kubeconfig = cluster.up(args.nodes, args.gpus_per_node, args.gpu_product, args.timeout, args.process_nodes,
+                                operator=args.operator)
     except (RuntimeError, TimeoutError) as err:
         print(f"batchline local up failed: {err}\n(logs: {cluster.state_dir / 'logs'})", file=sys.stderr)
         return 1
     print(f"operator kubeconfig: {cluster.operator_kubeconfig}", file=sys.stderr)
+    if args.operator:
+        print(f"operator: running, log {cluster.layout.log('operator')}", file=sys.stderr)
+    print(f"operator settings: {cluster.operator_env_file}", file=sys.stderr)
     print(f"audit log: {cluster.audit_log}", file=sys.stderr)
     print(f"KUBECONFIG={kubeconfig}")
     return 0

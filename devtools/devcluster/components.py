@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from devcluster import audit
@@ -32,6 +32,7 @@ class Component:
     name: str
     argv: list[str]
     health_url: str
+    env: Mapping[str, str] = field(default_factory=dict)  # on top of the caller's environment
 
 
 def components(layout: Layout, ports: Mapping[str, int], bins: Path, kwok_stages: Path) -> list[Component]:

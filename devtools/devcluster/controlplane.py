@@ -1,6 +1,7 @@
 """A local Kubernetes control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
-KWOK with fake GPU nodes, and process nodes whose agents (node_agent.py) run pods as local
-processes, all detached processes with their state in one directory.
+KWOK with fake GPU nodes, process nodes whose agents (node_agent.py) run pods as local
+processes, and (on request) the operator with the settings a local cluster needs (local_operator.py),
+all detached processes with their state in one directory.
 
 `batchline local up|down|status` and the pytest `cluster` fixture both drive LocalCluster.
 """
@@ -18,7 +19,9 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from devcluster import binaries, pki, pod_network, process
+import yaml
+
+from devcluster import binaries, local_operator, pki, pod_network, process
 from devcluster import nodes as fake_nodes
 from devcluster.components import (
     GROUPS,
@@ -33,9 +36,11 @@ from devcluster.components import (
 from devcluster.identities import ensure_kubeconfigs, node_identity, rbac_manifests
 from devcluster.kubeapi import ApiError, KubeApi, probe
 from devcluster.layout import Layout, default_root
-from devcluster.nodes import DEFAULT_GPU_PRODUCT, NodeSpec
+from devcluster.nodes import DEFAULT_GPU_PRODUCT, RUNNER_LABEL, NodeSpec
 from devcluster.pod_runner import kill_recorded_processes
 from devcluster.pod_targets import PodDiscovery
+
+OPERATOR = "operator"
 
 
 def _say(message: str) -> None:
@@ -79,11 +84,18 @@ class LocalCluster:
         server = self._server(self._state()["ports"])
         return PodDiscovery(server, p / "ca.crt", p / "prometheus.crt", p / "prometheus.key")
 
+    @property
+    def operator_env_file(self) -> Path:
+        """The settings an operator needs on this cluster (KEY=value lines), written by `up`."""
+        return self.state_dir / "operator.env"
+
     def up(self, nodes: int = 2, gpus_per_node: int = 8, gpu_product: str = DEFAULT_GPU_PRODUCT,
-           timeout: float = 180.0, process_nodes: int = 1) -> Path:
+           timeout: float = 180.0, process_nodes: int = 1, operator: bool | None = None) -> Path:
         """Build what is missing, start what is not running, reconcile the GPU nodes and the process
         nodes (`process_nodes` agents that run pods as local processes); idempotent.
 
+        `operator`: True runs the operator with this cluster's settings (as `ensure_operator()`),
+        False stops it, None leaves it as it is (the tests run their own).
         Returns the admin kubeconfig path.
         """
         started = time.monotonic()
@@ -116,8 +128,24 @@ class LocalCluster:
             fake_nodes.wait_ready(api, [n.name for n in pool] + agents, max(deadline - time.monotonic(), 1))
             _wait_for(lambda: _exists(api, "/api/v1/namespaces/default/serviceaccounts/default"), deadline,
                       "the default service account")
+            self._write_operator_settings(api)
+            if operator:
+                self._ensure_operator({}, deadline)
+            elif operator is False:
+                self._stop_operator()
         _say(f"cluster {self.name!r} is up ({time.monotonic() - started:.1f}s)")
         return self.kubeconfig
+
+    def ensure_operator(self, extra_env: Mapping[str, str] | None = None, timeout: float = 120.0) -> None:
+        """Run the operator against this (running) cluster with the settings a local cluster needs
+        (local_operator.settings: the model cache folder, builder sizes that fit the process nodes) plus
+        `extra_env`; installs the CRD first. A running operator with other settings is restarted."""
+        with self._locked():
+            self._ensure_operator(extra_env or {}, time.monotonic() + timeout)
+
+    def stop_operator(self) -> None:
+        with self._locked():
+            self._stop_operator()
 
     def down(self) -> None:
         """Stop every component and remove the state dir (etcd data, certificates, logs)."""
@@ -125,6 +153,7 @@ class LocalCluster:
             return
         with self._locked():
             if self.layout.state_file.exists():
+                self._stop_operator()  # first, while the API server it talks to still answers
                 process.stop_all(pid for _, pid in self._pids())
             kill_recorded_processes(self.state_dir / "nodes")  # pods of an agent that did not stop them
             shutil.rmtree(self.state_dir)
@@ -183,9 +212,62 @@ class LocalCluster:
         ports = state["ports"]
         agents = process_node_names(state.get("nodes", {}).get("process_nodes", 0))
         pod_range, block = state.get("pod_range", pod_network.LOOPBACK_RANGE), state.get("pod_block", 0)
+        operator = [self._operator_component(state)] if state.get(OPERATOR) else []
         return [*components(self.layout, ports, binaries.bin_dir(), binaries.kwok_stages_file()),
                 *(process_node(self.layout, name, pod_network.node_subnet(pod_range, block + i), ports[name])
-                  for i, name in enumerate(agents))]
+                  for i, name in enumerate(agents)), *operator]
+
+    def _operator_component(self, state: Mapping[str, Any]) -> Component:
+        port = state["ports"][OPERATOR]
+        return Component(OPERATOR, local_operator.argv(self.operator_kubeconfig, port),
+                         f"http://{LOCALHOST}:{port}/healthz", env=state[OPERATOR]["env"])
+
+    def _ensure_operator(self, extra_env: Mapping[str, str], deadline: float) -> None:
+        api = self.api()
+        self._ensure_crd(api, deadline)
+        env = self._write_operator_settings(api) | dict(extra_env)
+        state = self._state()
+        if state.get(OPERATOR, {}).get("env") != env:
+            self._stop_operator()
+            state = self._state()
+            if OPERATOR not in state["ports"]:
+                state["ports"][OPERATOR] = process.free_ports(1)[0]
+            state[OPERATOR] = {"env": env}
+            self.layout.state_file.write_text(json.dumps(state, indent=2) + "\n")
+        local_operator.model_cache().mkdir(parents=True, exist_ok=True)
+        comp = self._operator_component(state)
+        self._ensure_running(comp)
+        self._wait_healthy(comp, deadline)
+
+    def _write_operator_settings(self, api: KubeApi) -> dict[str, str]:
+        process_nodes = api.get(f"/api/v1/nodes?labelSelector={RUNNER_LABEL}%3Dprocess")["items"]
+        settings = local_operator.settings(process_nodes)
+        self.operator_env_file.write_text(local_operator.env_file_text(settings))
+        return settings
+
+    def _stop_operator(self) -> None:
+        """Stop the operator, if this cluster runs one."""
+        state = self._state()
+        if not state.get(OPERATOR):
+            return
+        pid = self._running_pid(self._operator_component(state))
+        if pid is not None:
+            _say("stopping the operator")
+            process.stop_all([pid])
+        del state[OPERATOR]
+        self.layout.state_file.write_text(json.dumps(state, indent=2) + "\n")
+
+    def _ensure_crd(self, api: KubeApi, deadline: float) -> None:
+        """The LLMDeployment CRD from this checkout (server-side apply), until it is Established."""
+        crd = yaml.safe_load(local_operator.CRD.read_text())
+        path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd['metadata']['name']}"
+        api.request("PATCH", f"{path}?fieldManager=batchline-local&force=true", crd, "application/apply-patch+yaml")
+
+        def established() -> bool:
+            conditions = api.get(path).get("status", {}).get("conditions") or []
+            return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+
+        _wait_for(established, deadline, "the LLMDeployment CRD to be established")
 
     def _pids(self) -> Iterator[tuple[str, int]]:
         for comp in self._components(self._state()):
@@ -232,7 +314,7 @@ class LocalCluster:
             _say(f"starting {comp.name}")
             # In the state dir: `python -m` puts the working dir first on sys.path, and a source
             # checkout there would shadow the installed packages.
-            process.start(comp.argv, self.layout.log(comp.name), pid_file, cwd=self.state_dir)
+            process.start(comp.argv, self.layout.log(comp.name), pid_file, cwd=self.state_dir, env=comp.env)
 
     def _wait_healthy(self, comp: Component, deadline: float) -> None:
         def healthy() -> bool:

@@ -10,10 +10,10 @@ from typing import Any
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.kubeconfig:  # before kopf: importing it imports kubernetes.config, which reads $KUBECONFIG once
+        os.environ["KUBECONFIG"] = args.kubeconfig
     import kopf
 
-    if args.kubeconfig:
-        os.environ["KUBECONFIG"] = args.kubeconfig
     import batchline.controller.handlers  # noqa: F401  (registers the handlers)
     from batchline.controller.resilience import install_outage_log
 

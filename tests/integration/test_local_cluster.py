@@ -200,7 +200,7 @@ def test_add_and_remove_a_cpu_node(cluster: LocalCluster) -> None:
 def test_local_up_again_is_fast_and_keeps_the_processes(cluster: LocalCluster) -> None:
     pids = {name: c["pid"] for name, c in cluster.status()["components"].items()}
     started = time.monotonic()
-    result = batchline_local("up", "--name", cluster.name, "--state-dir", str(cluster.state_dir))
+    result = batchline_local("up", "--name", cluster.name, "--state-dir", str(cluster.state_dir), "--no-operator")
     assert result.returncode == 0, result.stderr
     assert time.monotonic() - started < 20
     assert result.stdout.strip().splitlines()[-1] == f"KUBECONFIG={cluster.kubeconfig}"
