@@ -294,3 +294,18 @@ def test_no_replicas_are_added_while_no_request_arrives() -> None:
         if i:
             assert d.replicas <= counts[-2], d.reason
     assert counts[-1] < max(counts)  # and once it is idle it scales down
+
+
+def test_a_miss_that_more_replicas_do_not_ease_stops_adding_them() -> None:
+    """TTFT stays at twice the target however few requests each replica has (prompts that take
+    longer to read than the target): after one cut shows no effect, the count stops climbing."""
+    state, replicas = tokens_learnt(300.0, 4), 4
+    counts = []
+    for i in range(120):
+        now = 15.0 * i
+        s = token_sample(now, 4.0, 8000, 400, running=float(replicas), ttft=2000.0, tpot=20.0)
+        d = decide([s], replicas, replicas, TTFT_SPEC, state, now)
+        state, replicas = d.state, d.replicas
+        counts.append(replicas)
+    assert max(counts) <= 8, counts
+    assert state.miss_not_load and "no scale-down" not in d.reason

@@ -8,9 +8,9 @@ burst and undershoots when idle. The policy instead
   costs the engine relative to an output token (measured from the engine's own TTFT and TPOT,
   see `_learn_prompt_weight`), so a shift of prompt or output lengths is a shift of demand, not
   of capacity; without token counters (the static engine) demand is requests/s;
-* estimates arrivals (completions plus the change in requests in flight) and averages them over
-  `demandWindowSeconds`, so short bursts are ridden out instead of chased with replicas that
-  would be ready only after the burst;
+* estimates arrivals (completions plus the change in requests in flight) and sizes for their mean
+  over `demandWindowSeconds` plus a quarter of the way to their peak in that window, so short
+  bursts are partly ridden out instead of chased with replicas that would be ready only after them;
 * learns the work/s one ready replica serves within every SLO that is set (end-to-end latency,
   time to first token, time per output token) from the pool's own samples (`_learn_capacity`);
 * adds the backlog that will be left when a replica started now is ready (cold start), to be
@@ -42,6 +42,9 @@ PROBE_REACH = 2.0
 MIN_PROBE_REACH = 0.5
 # An over-target sample cuts the estimate by sqrt(1 / pressure), but by at most half.
 MAX_CAPACITY_CUT = 0.5
+# Sizing demand: the mean arrival rate over the demand window plus this share of the way to its
+# peak, for bursts shorter than a cold start (tuned on the Azure code trace, the only tuning set).
+BURST_HEADROOM = 0.25
 # The prompt-token weight (a prompt token's cost in output tokens) follows its measurements with
 # this gain per tick (a time constant of about 2.5 minutes at a 15 s tick), within these bounds.
 PROMPT_WEIGHT_GAIN = 0.1
@@ -103,6 +106,10 @@ class ScalerState:
     capacity_ceiling: float | None = None  # an estimate that was seen to miss an SLO
     ceiling_demand: float = 0.0  # total demand when the ceiling was set
     capacity_cut_at: float = 0.0  # when a missed SLO last cut `capacity`
+    cut_from: float | None = None  # `capacity` before the last cut
+    cut_pressure: float = 0.0  # pressure that caused the last cut
+    cut_per_replica: float = 0.0  # demand per ready replica at the last cut
+    miss_not_load: bool = False  # the miss did not ease with less load per replica: not a capacity problem
     prompt_weight: float | None = None  # cost of a prompt token in output tokens, measured
     work_per_request: float | None = None  # demand units per request, last measured
     ready: int = -1  # ready replicas at the last tick
@@ -161,7 +168,8 @@ def decide(
     arrival = _arrival_rate(sample, completed, state)
     keep = max(sample.window_s, spec.demand_window_seconds)
     history = (*(h for h in state.history if h[0] > now - keep), (now, sample.in_flight(), arrival))
-    demand = sum(a for _, _, a in history) / len(history)
+    mean = sum(a for _, _, a in history) / len(history)
+    demand = mean + BURST_HEADROOM * (max(a for _, _, a in history) - mean)
     state = _learn_capacity(state, sample, demand, ready_replicas, current_replicas, spec, now)
     raw, why = _recommend(sample, demand, arrival, current_replicas, ready_replicas, spec, state, now)
     window = max(spec.scale_up_stabilization_seconds, spec.scale_down_stabilization_seconds)
@@ -215,10 +223,13 @@ def _learn_prompt_weight(state: ScalerState, sample: MetricSample, ready: int) -
     With nothing waiting, a request's TTFT is the engine reading its prompt, so the mean TTFT over
     the mean prompt length is the replica-time per prompt token; a step yields one token for each
     running sequence, so the mean TPOT over the running sequences per replica is the replica-time
-    per output token. Their ratio moves slowly towards each new measurement; while something waits,
-    TTFT includes queueing and the sample teaches nothing.
+    per output token. Their ratio moves slowly towards each new measurement. While something waits,
+    TTFT includes queueing: such a sample only gives the first estimate (too high, so demand is
+    overestimated, never under), and then teaches nothing.
     """
-    if state.unit != TOKENS or sample.pending > 0 or sample.request_rate <= 0 or ready <= 0:
+    if state.unit != TOKENS or sample.request_rate <= 0 or ready <= 0:
+        return state
+    if sample.pending > 0 and state.prompt_weight is not None:
         return state
     values = (sample.ttft_mean_ms, sample.tpot_mean_ms, sample.running, sample.prompt_tokens_rate)
     if not all(math.isfinite(v) and v > 0 for v in values):
@@ -276,6 +287,10 @@ def _learn_capacity(
       shows before the next. The estimate that failed becomes a ceiling, so the search does not
       repeat at constant load; it lapses once the demand moves by 2x tolerance.
     * A miss at a load above plan says nothing: the pool was known to be short.
+    * A miss that does not ease after a cut, although the load per replica fell by more than the
+      tolerance, is not a capacity problem (a TTFT target shorter than reading the longest prompts
+      takes): the cut is undone, no more cuts follow, and the miss no longer holds scale-down, until
+      every SLO is met again.
     """
     ratio, _ = pressure(sample, spec)
     steady = ready == current and now - state.ready_since >= sample.window_s
@@ -296,14 +311,32 @@ def _learn_capacity(
         if ceiling is not None:
             capacity = max(per_replica, min(capacity, ceiling * (1 - spec.tolerance)))
         return replace(state, capacity=capacity, capacity_ceiling=ceiling)
+    if ratio <= 1:  # every SLO met: a later miss is judged afresh
+        state = replace(state, cut_from=None, miss_not_load=False)
     near_plan = per_replica <= capacity * (1 + spec.tolerance)
     if ratio > 1 + spec.tolerance and near_plan and now - state.capacity_cut_at >= sample.window_s:
+        if (
+            state.cut_from is not None
+            and per_replica < state.cut_per_replica * (1 - spec.tolerance)
+            and ratio >= state.cut_pressure * (1 - spec.tolerance)
+        ):
+            # Less load per replica since the last cut, and the miss is no smaller: the SLO misses for
+            # reasons more replicas cannot fix (a prompt longer than the TTFT target allows to read).
+            # Undo that cut and stop cutting until every SLO is met again.
+            return replace(
+                state, capacity=max(capacity, state.cut_from), capacity_ceiling=ceiling, miss_not_load=True
+            )
+        if state.miss_not_load:
+            return replace(state, capacity_ceiling=ceiling)
         return replace(
             state,
             capacity=capacity * max(MAX_CAPACITY_CUT, math.sqrt(1 / ratio)),
             capacity_ceiling=capacity if ceiling is None else min(ceiling, capacity),
             ceiling_demand=demand,
             capacity_cut_at=now,
+            cut_from=capacity,
+            cut_pressure=ratio,
+            cut_per_replica=per_replica,
         )
     return replace(state, capacity_ceiling=ceiling)
 
@@ -341,7 +374,7 @@ def _recommend(
     )
     ratio = need / (capacity * max(current, 1))
     ratio_now, kind = pressure(sample, spec)
-    missed = ratio_now > 1 + spec.tolerance
+    missed = ratio_now > 1 + spec.tolerance and not state.miss_not_load
     if (ratio > 1 + spec.tolerance or current == 0) and arrival == 0:
         return current, why + "; no requests arriving: nothing to add"
     if ratio > 1 + spec.tolerance or current == 0:
