@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -268,6 +269,12 @@ def test_the_quality_gate_reads_the_whole_evaluation_text(served_llama) -> None:
     tokenizer = load_model(served_llama.weights_dir).tokenizer
     assert quality["eval_tokens"] == len(tokenizer(EVAL_TEXT).input_ids) > 384
     assert quality["eval_predictions"] < quality["eval_tokens"]
-    # The GPTQ calibration text shares no paragraph with the evaluation text.
+    # The GPTQ calibration text shares no paragraph, and no run of 8 words, with the evaluation text.
     assert not any(paragraph[:60] in CALIBRATION_TEXT for paragraph in PARAGRAPHS)
+
+    def runs(text: str) -> set[tuple[str, ...]]:
+        words = re.findall(r"\w+", text.lower())
+        return {tuple(words[i : i + 8]) for i in range(len(words) - 7)}
+
+    assert len(runs(CALIBRATION_TEXT)) > 500 and not runs(CALIBRATION_TEXT) & runs(EVAL_TEXT)
     assert json.loads((served_llama.path / "build-report.json").read_text())["quality"] == quality
