@@ -21,3 +21,5 @@ GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 
 TRITON_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
+# Where InferencePools are served, each Triton pod also answers OpenAI requests here (the gateway beside it).
+OPENAI_PORT = 8080

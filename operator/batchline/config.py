@@ -14,6 +14,8 @@ DEFAULT_IMAGES = {
     # The Triton pods' init step and the cache clean-up Job (docker/checker.Dockerfile): its own image and
     # tag, so that a new builder image does not change, and so roll, every Triton Deployment.
     "checker": "ghcr.io/batchline/batchline-checker:0.1.0",
+    # The operator's own image, which also holds the gateway: the chart sets it to the image it runs.
+    "operator": "ghcr.io/batchline/batchline-operator:0.1.0",
 }
 _BINARY_SUFFIXES = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
 
@@ -75,6 +77,13 @@ class OperatorConfig:
     prometheus_selector: str = ""
     # Whether the cluster serves PodMonitors (Prometheus Operator); the operator checks at startup.
     pod_monitors: bool = True
+    # Whether the cluster serves InferencePools (Gateway API Inference Extension); checked at startup. Where
+    # it does, each LLMDeployment gets one, and its pods an OpenAI port (the gateway beside Triton).
+    inference_pools: bool = False
+    operator_image: str = DEFAULT_IMAGES["operator"]
+    # The endpoint picker (EPP) Service that each InferencePool names; {name} is the LLMDeployment's name.
+    endpoint_picker: str = "{name}-epp"
+    endpoint_picker_port: int = 9002
 
     def image_for(self, backend: str) -> str:
         return self.vllm_image if backend == "vllm" else self.python_image
@@ -90,6 +99,9 @@ class OperatorConfig:
             checker_image=e.get("BATCHLINE_CHECKER_IMAGE", d.checker_image),
             image_pull_secrets=parse_names(e.get("BATCHLINE_IMAGE_PULL_SECRETS", "")) or d.image_pull_secrets,
             monitor_labels=parse_labels(e.get("BATCHLINE_MONITOR_LABELS", "")) or d.monitor_labels,
+            operator_image=e.get("BATCHLINE_OPERATOR_IMAGE", d.operator_image),
+            endpoint_picker=e.get("BATCHLINE_INFERENCE_POOL_ENDPOINT_PICKER", d.endpoint_picker),
+            endpoint_picker_port=int(e.get("BATCHLINE_INFERENCE_POOL_ENDPOINT_PICKER_PORT", d.endpoint_picker_port)),
             model_cache_pvc=e.get("BATCHLINE_MODEL_CACHE_PVC", d.model_cache_pvc),
             model_cache_host_path=e.get("BATCHLINE_MODEL_CACHE_HOST_PATH", d.model_cache_host_path),
             model_cache_budget_bytes=parse_bytes(

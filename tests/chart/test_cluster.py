@@ -53,10 +53,11 @@ KOPF_READS = {("apiextensions.k8s.io", "customresourcedefinitions"), ("", "names
               ("kopf.dev", "kopfpeerings"), ("kopf.dev", "clusterkopfpeerings")}
 # The kinds the operator server-side applies (manifests.children), as (apiGroup, resource).
 APPLIED = {("", "services"), ("policy", "poddisruptionbudgets"), ("apps", "deployments"),
-           ("monitoring.coreos.com", "podmonitors"), ("batch", "jobs")}
-# Granted but not exercisable here: the operator applies PodMonitors only where their CRD exists, and
-# deletes a build Job only to replace a failed attempt (tests/integration/test_builds.py covers that).
-UNEXERCISED_KINDS = {("monitoring.coreos.com", "podmonitors")}
+           ("monitoring.coreos.com", "podmonitors"), ("inference.networking.k8s.io", "inferencepools"),
+           ("batch", "jobs")}
+# Granted but not exercisable here: the operator applies PodMonitors and InferencePools only where their
+# CRDs exist, and deletes a build Job only to replace a failed attempt (tests/integration/test_builds.py covers that).
+UNEXERCISED_KINDS = {("monitoring.coreos.com", "podmonitors"), ("inference.networking.k8s.io", "inferencepools")}
 UNEXERCISED = {(*kind, verb) for kind in UNEXERCISED_KINDS for verb in ("create", "patch")} | {
     ("batch", "jobs", "delete")}
 Grant = tuple[str, str, str]  # (apiGroup, resource, verb)
@@ -354,11 +355,12 @@ def test_chart_grants_only_what_the_operator_uses(cycle: Cycle) -> None:
 def test_applied_kinds_are_the_operators_children() -> None:
     llmd = {"metadata": {"name": "chat", "namespace": "ns", "uid": "u"},
             "spec": defaulted({"model": {"source": SOURCE}})}
-    manifests = [*children(llmd, 1, OperatorConfig(), "key"), build_job([llmd], llmd["spec"], "key", 1,
-                                                                              OperatorConfig())]
+    every_kind = OperatorConfig(pod_monitors=True, inference_pools=True)  # as on a cluster with both CRDs
+    manifests = [*children(llmd, 1, every_kind, "key"), build_job([llmd], llmd["spec"], "key", 1, every_kind)]
     kinds = {(m["apiVersion"].rpartition("/")[0], m["kind"]) for m in manifests}
     assert kinds == {("", "Service"), ("policy", "PodDisruptionBudget"), ("apps", "Deployment"),
-                     ("monitoring.coreos.com", "PodMonitor"), ("batch", "Job")}
+                     ("monitoring.coreos.com", "PodMonitor"), ("inference.networking.k8s.io", "InferencePool"),
+                     ("batch", "Job")}
     assert {(g, f"{k.lower()}s") for g, k in kinds} == APPLIED
 
 

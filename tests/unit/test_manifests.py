@@ -174,3 +174,30 @@ def test_settings_the_chart_passes_for_workloads() -> None:
     assert OperatorConfig.from_env({"BATCHLINE_IMAGE_PULL_SECRETS": "", "BATCHLINE_MONITOR_LABELS": "{}"}) == CFG
     hash(cfg)  # the reconcile pass keys its cache on the config
 
+
+
+def test_where_the_cluster_serves_inference_pools_each_model_gets_one_and_its_pods_answer_openai() -> None:
+    from batchline.gateway.discovery import parse_upstream
+
+    obj = llmd(name="chat", serving={"modelName": "llama"})
+    obj["metadata"]["uid"] = "u1"
+    cfg = replace(CFG, inference_pools=True, operator_image="registry.example/batchline-operator:1.2.3")
+    kids = {k["kind"]: k for k in serving.children(obj, 2, cfg, serving_key=KEY)}
+    pool = kids["InferencePool"]
+    assert pool["apiVersion"] == "inference.networking.k8s.io/v1"
+    assert pool["spec"]["selector"]["matchLabels"] == kids["Deployment"]["spec"]["selector"]["matchLabels"]
+    assert pool["spec"]["targetPorts"] == [{"number": 8080}]
+    assert pool["spec"]["endpointPickerRef"] == {"name": "chat-epp", "port": {"number": 9002}}
+    assert pool["metadata"]["ownerReferences"][0]["uid"] == "u1"
+    [triton, openai] = kids["Deployment"]["spec"]["template"]["spec"]["containers"]
+    assert triton["name"] == "triton" and openai["image"] == "registry.example/batchline-operator:1.2.3"
+    assert openai["ports"][0]["containerPort"] == 8080
+    # The sidecar's upstream is this pod's Triton, under the name clients ask for, in a form the gateway accepts.
+    upstream = parse_upstream(next(a for a in openai["args"] if a.startswith("--upstream=")).split("=", 1)[1])
+    assert (upstream.id, upstream.triton_model, [e.address for e in upstream.endpoints]) == (
+        "chat", "llama", ["127.0.0.1:8001"]
+    )
+    assert openai["securityContext"]["allowPrivilegeEscalation"] is False
+    plain = serving.children(obj, 2, replace(CFG, inference_pools=False), serving_key=KEY)
+    assert "InferencePool" not in {k["kind"] for k in plain}
+    assert len(next(k for k in plain if k["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"]) == 1

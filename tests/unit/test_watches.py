@@ -14,7 +14,7 @@ from batchline.resources import model_cache, serving
 from batchline.resources.build_job import build_job
 from tests.crd_schema import llmd
 
-CFG = OperatorConfig(model_cache_host_path="/var/cache/batchline")
+CFG = OperatorConfig(model_cache_host_path="/var/cache/batchline", inference_pools=True)
 MANAGED = {api.LABEL_MANAGED_BY: api.MANAGED_BY}
 
 
@@ -31,7 +31,7 @@ def test_everything_the_operator_makes_carries_the_watch_selector() -> None:
         model_cache.gc_job("team-a", ["k1"], CFG),
         model_cache.catalogue("team-a", CFG),
     ]
-    kinds = {"Service", "PodDisruptionBudget", "Deployment", "PodMonitor", "Job", "ConfigMap"}
+    kinds = {"Service", "PodDisruptionBudget", "Deployment", "PodMonitor", "InferencePool", "Job", "ConfigMap"}
     assert {m["kind"] for m in made} == kinds
     for m in made:
         assert _labelled(m), m["kind"]

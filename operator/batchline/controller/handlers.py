@@ -41,6 +41,7 @@ WATCHED_CHILDREN = (
     ("", "v1", "services"),
     ("policy", "v1", "poddisruptionbudgets"),
     ("monitoring.coreos.com", "v1", "podmonitors"),
+    ("inference.networking.k8s.io", "v1", "inferencepools"),
     ("", "v1", "configmaps"),
     ("batch", "v1", "jobs"),
 )
@@ -78,7 +79,11 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     memo.reconciler = Reconciler(
         writer=Writer(kube),
         scaler=Scaler(prom, query_config(CONFIG), on_decision=metrics.record_scale_decision),
-        config=dataclasses.replace(CONFIG, pod_monitors=kube.has_kind("monitoring.coreos.com/v1", "PodMonitor")),
+        config=dataclasses.replace(
+            CONFIG,
+            pod_monitors=kube.has_kind("monitoring.coreos.com/v1", "PodMonitor"),
+            inference_pools=kube.has_kind("inference.networking.k8s.io/v1", "InferencePool"),
+        ),
         demand=HeldDemand(prom),
     )
     memo.indexes = {}  # kopf's live indexes, as the first handler call hands them over (see _trigger)

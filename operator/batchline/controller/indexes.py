@@ -116,6 +116,13 @@ async def llmd_podmonitors(
     return {owner_key(namespace, labels): _hash(body)}
 
 
+@_index("inference.networking.k8s.io", "v1", "inferencepools", labels=OWNED)
+async def llmd_inferencepools(
+    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[Key, str | None]:
+    return {owner_key(namespace, labels): _hash(body)}
+
+
 class IndexView:
     """controller.reconcile.ClusterView over kopf's indexes, plus what the cache clean-up and the handlers read."""
 
@@ -151,6 +158,7 @@ class IndexView:
             "Service": "llmd_services",
             "PodDisruptionBudget": "llmd_pdbs",
             "PodMonitor": "llmd_podmonitors",
+            "InferencePool": "llmd_inferencepools",
         }
         found: str | None = self._first(index[kind], (namespace, name))
         return found

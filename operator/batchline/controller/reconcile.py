@@ -113,7 +113,7 @@ class Reconciler:
         meta = llmd["metadata"]
         self.children.forget(meta["uid"])
         self.woken.pop(meta["uid"], None)
-        kinds = ("Deployment", "Service", "PodDisruptionBudget", "PodMonitor")
+        kinds = ("Deployment", "Service", "PodDisruptionBudget", "PodMonitor", "InferencePool")
         self.writer.forget(meta["uid"], [(kind, meta["namespace"], meta["name"]) for kind in kinds])
 
 

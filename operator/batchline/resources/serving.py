@@ -124,6 +124,44 @@ def triton_container(spec: Mapping[str, Any], key: str, config: OperatorConfig) 
     }
 
 
+def openai_container(llmd: Mapping[str, Any], config: OperatorConfig) -> dict[str, Any]:
+    """The gateway beside Triton in the same pod, answering OpenAI requests on api.OPENAI_PORT for this one
+    model: what an InferencePool's targetPort must be, since an inference gateway speaks OpenAI to pods."""
+    spec, name = llmd["spec"], llmd["metadata"]["name"]
+    upstream = f"{name}=127.0.0.1:{api.TRITON_PORTS['grpc']}?task={spec['model']['task']}"
+    upstream += f"&triton_model={spec['serving']['modelName']}"
+    return {
+        "name": "openai",
+        "image": config.operator_image,
+        "command": ["batchline"],
+        "args": ["gateway", "--host=0.0.0.0", f"--port={api.OPENAI_PORT}", f"--upstream={upstream}"],
+        "ports": [{"name": "openai", "containerPort": api.OPENAI_PORT, "protocol": "TCP"}],
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "openai"}, "periodSeconds": 5},
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "openai"}, "periodSeconds": 10},
+        "securityContext": RESTRICTED_CONTAINER,
+    }
+
+
+def inference_pool(llmd: Mapping[str, Any], config: OperatorConfig) -> Manifest:
+    """The LLMDeployment's pods as a Gateway API InferencePool, for clusters that run an inference gateway
+    (its endpoint picker chooses among them and the gateway sends OpenAI requests to their OpenAI port)."""
+    name = llmd["metadata"]["name"]
+    return {
+        "apiVersion": "inference.networking.k8s.io/v1",
+        "kind": "InferencePool",
+        "metadata": _metadata(llmd),
+        "spec": {
+            "selector": {"matchLabels": selector_labels(name)},
+            "targetPorts": [{"number": api.OPENAI_PORT}],
+            "endpointPickerRef": {
+                "name": config.endpoint_picker.format(name=name),
+                "port": {"number": config.endpoint_picker_port},
+            },
+        },
+    }
+
+
 def deployment(llmd: Mapping[str, Any], replicas: int, config: OperatorConfig, key: str) -> Manifest:
     """Triton serving the build `key`: the spec's build once it is in the cache, else the one running."""
     spec = llmd["spec"]
@@ -133,7 +171,10 @@ def deployment(llmd: Mapping[str, Any], replicas: int, config: OperatorConfig, k
         "enableServiceLinks": False,
         "securityContext": restricted_pod_security(TRITON_UID),
         "initContainers": [model_check_container(key, config)],
-        "containers": [triton_container(spec, key, config)],
+        "containers": [
+            triton_container(spec, key, config),
+            *([openai_container(llmd, config)] if config.inference_pools else []),
+        ],
         "volumes": [
             model_cache_volume(config, llmd["metadata"]["namespace"], read_only=True),
             {
@@ -224,4 +265,6 @@ def children(
         out.append(deployment(llmd, replicas, config, serving_key))
     if config.pod_monitors:
         out.append(pod_monitor(llmd, config))
+    if config.inference_pools:
+        out.append(inference_pool(llmd, config))
     return out
