@@ -1,6 +1,6 @@
 """`batchline local up|down|status`: a local control plane with fake GPU nodes and process nodes (which
-run tritonserver and batchline pods as local processes), and the operator with the settings such a
-cluster needs, for development and tests."""
+run tritonserver and batchline pods as local processes), the operator with the settings such a
+cluster needs and the OpenAI-compatible gateway, for development and tests."""
 
 from __future__ import annotations
 
@@ -32,11 +32,13 @@ def register(subparsers: Any) -> None:
     up.add_argument("--no-operator", dest="operator", action="store_false",
                     help="do not run the operator (stop it if it runs), e.g. to run `batchline operator` "
                          "yourself with the settings in <state dir>/operator.env")
+    up.add_argument("--no-gateway", dest="gateway", action="store_false",
+                    help="do not run the OpenAI-compatible gateway (stop it if it runs)")
     up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait once binaries exist")
     up.set_defaults(func=_up)
 
     down = actions.add_parser("down", parents=[common],
-                              help="stop everything (the operator too) and remove the state dir")
+                              help="stop everything (the operator and the gateway too) and remove the state dir")
     down.set_defaults(func=_down)
 
     status = actions.add_parser("status", parents=[common], help="components, nodes, GPUs; exit 1 if not up")
@@ -52,7 +54,7 @@ def _up(args: argparse.Namespace) -> int:
     cluster = _cluster(args)
     try:
         kubeconfig = cluster.up(args.nodes, args.gpus_per_node, args.gpu_product, args.timeout, args.process_nodes,
-                                operator=args.operator)
+                                operator=args.operator, gateway=args.gateway)
     except (RuntimeError, TimeoutError) as err:
         print(f"batchline local up failed: {err}\n(logs: {cluster.state_dir / 'logs'})", file=sys.stderr)
         return 1
@@ -61,6 +63,11 @@ def _up(args: argparse.Namespace) -> int:
         print(f"operator: running, log {cluster.layout.log('operator')}", file=sys.stderr)
     print(f"operator settings: {cluster.operator_env_file}", file=sys.stderr)
     print(f"audit log: {cluster.audit_log}", file=sys.stderr)
+    if args.gateway:
+        print(f"gateway: running (every namespace, models namespace/name), log {cluster.layout.log('gateway')}",
+              file=sys.stderr)
+        # stdout: KEY=value lines for `export $(batchline local up)`; KUBECONFIG stays last (`| tail -1`).
+        print(f"OPENAI_BASE_URL={cluster.openai_base_url}")
     print(f"KUBECONFIG={kubeconfig}")
     return 0
 
@@ -88,6 +95,8 @@ def _format(status: dict[str, Any]) -> str:
              f"  server {status['server']} (kube {status['kube_version']})",
              f"  kubeconfig {status['kubeconfig']}", f"  operator kubeconfig {status['operator_kubeconfig']}",
              f"  audit log {status['audit_log']}"]
+    if status.get("openai_base_url"):
+        lines.append(f"  OpenAI API {status['openai_base_url']} (the gateway; models namespace/name)")
     if status.get("pod_range"):
         lines.append(f"  process node pod IPs from {status['pod_range']}")
     lines.append("components:")

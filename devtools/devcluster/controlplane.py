@@ -1,7 +1,8 @@
 """A local Kubernetes control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
 KWOK with fake GPU nodes, process nodes whose agents (node_agent.py) run pods as local
-processes, and (on request) the operator with the settings a local cluster needs (local_operator.py),
-all detached processes with their state in one directory.
+processes, and (on request) the operator with the settings a local cluster needs (local_operator.py)
+and the OpenAI-compatible gateway (local_gateway.py), all detached processes with their state in one
+directory.
 
 `batchline local up|down|status` and the pytest `cluster` fixture both drive LocalCluster.
 """
@@ -21,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from devcluster import binaries, local_operator, pki, pod_network, process
+from devcluster import binaries, local_gateway, local_operator, pki, pod_network, process
 from devcluster import nodes as fake_nodes
 from devcluster.components import (
     GROUPS,
@@ -41,6 +42,7 @@ from devcluster.pod_runner import kill_recorded_processes
 from devcluster.pod_targets import PodDiscovery
 
 OPERATOR = "operator"
+GATEWAY = "gateway"
 
 
 def _say(message: str) -> None:
@@ -90,12 +92,14 @@ class LocalCluster:
         return self.state_dir / "operator.env"
 
     def up(self, nodes: int = 2, gpus_per_node: int = 8, gpu_product: str = DEFAULT_GPU_PRODUCT,
-           timeout: float = 180.0, process_nodes: int = 1, operator: bool | None = None) -> Path:
+           timeout: float = 180.0, process_nodes: int = 1, operator: bool | None = None,
+           gateway: bool | None = None) -> Path:
         """Build what is missing, start what is not running, reconcile the GPU nodes and the process
         nodes (`process_nodes` agents that run pods as local processes); idempotent.
 
         `operator`: True runs the operator with this cluster's settings (as `ensure_operator()`),
-        False stops it, None leaves it as it is (the tests run their own).
+        False stops it, None leaves it as it is (the tests run their own). `gateway` the same for the
+        OpenAI-compatible gateway (as `ensure_gateway()`).
         Returns the admin kubeconfig path.
         """
         started = time.monotonic()
@@ -133,6 +137,10 @@ class LocalCluster:
                 self._ensure_operator({}, deadline)
             elif operator is False:
                 self._stop_operator()
+            if gateway:
+                self._ensure_gateway(deadline)
+            elif gateway is False:
+                self._stop_gateway()
         _say(f"cluster {self.name!r} is up ({time.monotonic() - started:.1f}s)")
         return self.kubeconfig
 
@@ -147,13 +155,33 @@ class LocalCluster:
         with self._locked():
             self._stop_operator()
 
+    def ensure_gateway(self, timeout: float = 120.0) -> str:
+        """Run `batchline gateway` against this (running) cluster: every namespace, model ids
+        `namespace/name`, on 127.0.0.1 at a port kept in the cluster state; installs the CRD first.
+        Returns its OpenAI base URL (`http://127.0.0.1:<port>/v1`)."""
+        with self._locked():
+            return self._ensure_gateway(time.monotonic() + timeout)
+
+    def stop_gateway(self) -> None:
+        with self._locked():
+            self._stop_gateway()
+
+    @property
+    def openai_base_url(self) -> str | None:
+        """The gateway's OpenAI base URL while this cluster runs one, else None."""
+        if not self.layout.state_file.exists():
+            return None
+        state = self._state()
+        return local_gateway.base_url(state["ports"][GATEWAY]) if state.get(GATEWAY) else None
+
     def down(self) -> None:
         """Stop every component and remove the state dir (etcd data, certificates, logs)."""
         if not self.state_dir.exists():
             return
         with self._locked():
             if self.layout.state_file.exists():
-                self._stop_operator()  # first, while the API server it talks to still answers
+                self._stop_gateway()  # first, while the API server they talk to still answers
+                self._stop_operator()
                 process.stop_all(pid for _, pid in self._pids())
             kill_recorded_processes(self.state_dir / "nodes")  # pods of an agent that did not stop them
             shutil.rmtree(self.state_dir)
@@ -177,6 +205,7 @@ class LocalCluster:
             }
         result["up"] = all(c["healthy"] for c in result["components"].values())
         result |= {"server": self._server(state["ports"]), "kubeconfig": str(self.kubeconfig),
+                   "openai_base_url": self.openai_base_url,
                    "operator_kubeconfig": str(self.operator_kubeconfig), "audit_log": str(self.audit_log),
                    "kube_version": state["kube_version"], "requested_nodes": state.get("nodes"),
                    "pod_range": state.get("pod_range")}
@@ -213,9 +242,42 @@ class LocalCluster:
         agents = process_node_names(state.get("nodes", {}).get("process_nodes", 0))
         pod_range, block = state.get("pod_range", pod_network.LOOPBACK_RANGE), state.get("pod_block", 0)
         operator = [self._operator_component(state)] if state.get(OPERATOR) else []
+        gateway = [self._gateway_component(state)] if state.get(GATEWAY) else []
         return [*components(self.layout, ports, binaries.bin_dir(), binaries.kwok_stages_file()),
                 *(process_node(self.layout, name, pod_network.node_subnet(pod_range, block + i), ports[name])
-                  for i, name in enumerate(agents)), *operator]
+                  for i, name in enumerate(agents)), *operator, *gateway]
+
+    def _gateway_component(self, state: Mapping[str, Any]) -> Component:
+        port = state["ports"][GATEWAY]
+        return Component(GATEWAY, local_gateway.argv(self.layout.kubeconfig(GATEWAY), port),
+                         local_gateway.health_url(port))
+
+    def _ensure_gateway(self, deadline: float) -> str:
+        if not self.layout.kubeconfig(GATEWAY).exists():
+            raise RuntimeError(f"no gateway identity in {self.state_dir}: run `batchline local up` (this version)")
+        self._ensure_crd(self.api(), deadline)
+        state = self._state()
+        if not state.get(GATEWAY):
+            if GATEWAY not in state["ports"]:  # kept once chosen: the URL stays the same across restarts
+                state["ports"][GATEWAY] = process.free_ports(1)[0]
+            state[GATEWAY] = {"hold_timeout_s": local_gateway.HOLD_TIMEOUT_S}
+            self.layout.state_file.write_text(json.dumps(state, indent=2) + "\n")
+        comp = self._gateway_component(state)
+        self._ensure_running(comp)
+        self._wait_healthy(comp, deadline)
+        return local_gateway.base_url(state["ports"][GATEWAY])
+
+    def _stop_gateway(self) -> None:
+        """Stop the gateway, if this cluster runs one."""
+        state = self._state()
+        if not state.get(GATEWAY):
+            return
+        pid = self._running_pid(self._gateway_component(state))
+        if pid is not None:
+            _say("stopping the gateway")
+            process.stop_all([pid])
+        del state[GATEWAY]
+        self.layout.state_file.write_text(json.dumps(state, indent=2) + "\n")
 
     def _operator_component(self, state: Mapping[str, Any]) -> Component:
         port = state["ports"][OPERATOR]

@@ -21,6 +21,7 @@ from devcluster.layout import Layout
 ADMIN_USER = "batchline-admin"
 OPERATOR_USER = "batchline-operator"
 PROMETHEUS_USER = "batchline-prometheus"
+GATEWAY_USER = "batchline-gateway"
 MASTERS = ["system:masters"]
 NODES_GROUP = "system:nodes"
 
@@ -32,6 +33,7 @@ IDENTITIES: dict[str, tuple[str, list[str]]] = {
     "kube-scheduler": ("system:kube-scheduler", MASTERS),
     "kwok": ("kwok-controller", MASTERS),
     "prometheus": (PROMETHEUS_USER, []),
+    "gateway": (GATEWAY_USER, []),
 }
 
 
@@ -41,7 +43,8 @@ def node_identity(node: str) -> tuple[str, list[str]]:
 
 
 def rbac_manifests() -> list[dict[str, Any]]:
-    """What the non-master identities may do: nodes what kubelets may, Prometheus read pods."""
+    """What the non-master identities may do: nodes what kubelets may, Prometheus read pods, the gateway
+    read LLMDeployments and EndpointSlices (as the chart's gateway ClusterRole)."""
     group = "rbac.authorization.k8s.io"
     return [
         {"apiVersion": f"{group}/v1", "kind": "ClusterRoleBinding", "metadata": {"name": "batchline:process-nodes"},
@@ -53,6 +56,13 @@ def rbac_manifests() -> list[dict[str, Any]]:
          "metadata": {"name": "batchline:prometheus-discovery"},
          "roleRef": {"apiGroup": group, "kind": "ClusterRole", "name": "batchline:prometheus-discovery"},
          "subjects": [{"apiGroup": group, "kind": "User", "name": PROMETHEUS_USER}]},
+        {"apiVersion": f"{group}/v1", "kind": "ClusterRole", "metadata": {"name": "batchline:gateway"},
+         "rules": [{"apiGroups": ["batchline.dev"], "resources": ["llmdeployments"], "verbs": ["get", "list", "watch"]},
+                   {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
+                    "verbs": ["get", "list", "watch"]}]},
+        {"apiVersion": f"{group}/v1", "kind": "ClusterRoleBinding", "metadata": {"name": "batchline:gateway"},
+         "roleRef": {"apiGroup": group, "kind": "ClusterRole", "name": "batchline:gateway"},
+         "subjects": [{"apiGroup": group, "kind": "User", "name": GATEWAY_USER}]},
     ]
 
 

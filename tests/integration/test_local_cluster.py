@@ -200,10 +200,11 @@ def test_add_and_remove_a_cpu_node(cluster: LocalCluster) -> None:
 def test_local_up_again_is_fast_and_keeps_the_processes(cluster: LocalCluster) -> None:
     pids = {name: c["pid"] for name, c in cluster.status()["components"].items()}
     started = time.monotonic()
-    result = batchline_local("up", "--name", cluster.name, "--state-dir", str(cluster.state_dir), "--no-operator")
+    result = batchline_local("up", "--name", cluster.name, "--state-dir", str(cluster.state_dir), "--no-operator",
+                             "--no-gateway")
     assert result.returncode == 0, result.stderr
     assert time.monotonic() - started < 20
-    assert result.stdout.strip().splitlines()[-1] == f"KUBECONFIG={cluster.kubeconfig}"
+    assert result.stdout.strip().splitlines() == [f"KUBECONFIG={cluster.kubeconfig}"]  # no OPENAI_BASE_URL
     assert {name: c["pid"] for name, c in cluster.status()["components"].items()} == pids
 
 
@@ -232,6 +233,8 @@ def test_up_with_options_then_down_removes_everything(tmp_path: Path) -> None:
     throwaway = LocalCluster("pytest-down", tmp_path / "cluster")
     try:
         throwaway.up(nodes=1, gpus_per_node=4, gpu_product="NVIDIA-A100-SXM4-40GB", process_nodes=2)
+        # As a library (the test fixtures) it starts neither the operator nor the gateway unless asked.
+        assert not {"operator", "gateway"} & set(throwaway.status()["components"])
         [gpu_node] = [n for n in throwaway.status()["nodes"] if n["gpus"]]
         assert (gpu_node["gpus"], gpu_node["gpu_product"]) == (4, "NVIDIA-A100-SXM4-40GB")
         assert sorted(n["name"] for n in throwaway.status()["nodes"] if n["runner"] == "process") == [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -40,3 +41,18 @@ def test_settings_mount_the_host_cache_and_size_the_builder() -> None:
         "BATCHLINE_BUILD_MEMORY": "6Gi",
     }
     assert local_operator.env_file_text(settings).splitlines()[0] == "BATCHLINE_BUILD_CPU=1500m"
+
+
+def test_the_local_gateway_serves_every_namespace_on_loopback_and_holds_long_enough_for_a_cold_start() -> None:
+    from batchline.cli import _parser
+    from devcluster import local_gateway
+
+    command = local_gateway.argv(Path("/state/gateway.kubeconfig"), 8123)
+    assert command[1:4] == ["-m", "batchline.cli", "gateway"]
+    args = _parser(command[3:]).parse_args(command[3:])  # flags `batchline gateway` really has
+    assert args.namespace is None and args.upstream is None  # every namespace: model ids namespace/name
+    assert (args.host, args.port, args.kubeconfig) == ("127.0.0.1", 8123, "/state/gateway.kubeconfig")
+    # A model at zero gets a replica started within the hold: 240 s was needed on a loaded 2-core machine
+    # (tests/integration/test_scale_from_zero.py); the gateway's own default, 60 s, is too short for that.
+    assert args.hold_timeout >= 240
+    assert local_gateway.base_url(8123) == "http://127.0.0.1:8123/v1"
