@@ -106,7 +106,8 @@ def awkward_traces() -> list[Trace]:
     idle = np.concatenate([np.sort(rng.uniform(0, 120, 300)), [3000.0]])
     tail = Trace("idle-tail", idle, np.full(301, 1000), np.full(301, 100))
     huge = Trace("huge", np.arange(200) * 0.5, np.where(np.arange(200) % 10 == 0, 500_000, 30_000), np.full(200, 50))
-    return [stop, tail, huge]
+    refused = Trace("all-refused", np.arange(5) * 10.0, np.full(5, 1_000_000), np.full(5, 10))
+    return [stop, tail, huge, refused]
 
 
 @pytest.mark.parametrize("policy", ["batchline", "hpa", "keda", "concurrency"])
@@ -122,6 +123,8 @@ def test_no_impossible_figure_on_abrupt_idle_or_huge_traces(policy: str) -> None
         assert result.refused + result.unfinished <= result.requests
         if trace.name == "huge":
             assert result.refused == 20  # 500k-token prompts: more than the KV cache holds
+        if trace.name == "all-refused":  # nothing served: no quantile to report, and none made up
+            assert result.slo_attainment == 0 and metrics["p95_ttft_ms"] is None
         if policy == "batchline":
             tl = result.timeline
             # No replica is added once requests stop arriving (after the rate window that shows it).

@@ -163,8 +163,8 @@ class SimResult:
     def target_latency_ms(self) -> float:
         return self.targets.latency_ms or math.nan
 
-    def metrics(self) -> dict[str, float | int | str]:
-        out: dict[str, float | int | str] = {
+    def metrics(self) -> dict[str, float | int | str | None]:
+        out: dict[str, float | int | str | None] = {
             "policy": self.policy,
             "trace": self.trace,
             "requests": self.requests,
@@ -193,8 +193,9 @@ class SimResult:
         return out
 
 
-def _finite(value: float) -> float:
-    return round(value, 1) if math.isfinite(value) else -1.0
+def _finite(value: float) -> float | None:
+    """None (JSON null) when no request was served, never a made-up number."""
+    return round(value, 1) if math.isfinite(value) else None
 
 
 class _Replica:
