@@ -67,15 +67,15 @@ class ReplicaProfile:
 
 # H100-class replica serving an 8B model in bf16 (derivation and sources in docs/autoscaling.md).
 H100_8B = ReplicaProfile()
-# SmolLM2-135M in float32 on two CPU cores under the in-flight engine's defaults (a step reads at most
-# 512 tokens, 8 requests run together, 8,192 KV tokens); step costs from bench/autoscale_cpu_steps.py
-# on a busy machine, so upper bounds: see docs/autoscaling.md.
+# SmolLM2-135M on this CPU under the in-flight engine's defaults (a step reads at most 512 tokens,
+# 8 requests run together, 8,192 KV tokens); step costs fitted to bench/serving_bench.py's figures in
+# docs/builder.md (one torch thread per engine, a busy machine): see docs/autoscaling.md.
 CPU_SMOLLM2 = ReplicaProfile(
     name="cpu-smollm2-135m",
-    step_overhead_ms=40.0,
-    prefill_ms_per_token=10.5,
-    decode_ms_per_seq=10.5,
-    kv_ms_per_1k_tokens=4.0,
+    step_overhead_ms=100.0,
+    prefill_ms_per_token=1.1,
+    decode_ms_per_seq=6.3,
+    kv_ms_per_1k_tokens=1.0,
     max_batch_tokens=512,
     max_num_seqs=8,
     kv_cache_tokens=8192,
