@@ -88,6 +88,8 @@ def check_tensor_parallel(options: BuildOptions, config: dict[str, Any]) -> None
 def write_vllm_model(model_dir: Path, options: BuildOptions, checkpoint_dtype: str = "float32") -> None:
     (model_dir / "1").mkdir(parents=True, exist_ok=True)
     (model_dir / "config.pbtxt").write_text(render_config(vllm_model_config(options)))
-    config = json.loads((model_dir / "1" / "weights" / "config.json").read_text())
-    engine = vllm_engine_args(options, checkpoint_dtype, config.get("dtype"))
+    stored_dtype = None
+    if options.mode in PACKED_MODES:  # the dtype the builder stored the scales and float tensors in
+        stored_dtype = json.loads((model_dir / "1" / "weights" / "config.json").read_text()).get("dtype")
+    engine = vllm_engine_args(options, checkpoint_dtype, stored_dtype)
     (model_dir / "1" / "model.json").write_text(json.dumps(engine, indent=2, sort_keys=True) + "\n")
