@@ -108,7 +108,10 @@ def test_embedding_model_passes_the_default_gate(served_minilm) -> None:
     quality = served_minilm.report["quality"]
     assert served_minilm.report["source"]["kind"] == "embedding"
     assert quality["min_cosine_similarity"] >= 0.99 and quality["eval_sentences"] >= 10
-    assert served_minilm.report["size"]["compression_ratio_vs_fp32"] >= 3.5
+    # int8 body layers; the word embeddings (30522 x 384, half of MiniLM's weights) stay float16.
+    assert served_minilm.report["size"]["compression_ratio_vs_fp32"] >= 2.5
+    # 6 layers x 6 Linear layers and the pooler.
+    assert served_minilm.report["quantization"]["layers"] == {"int8-weight-only": 37}
 
 
 def test_vllm_fp8_repository_is_gpu_only_and_checked_on_a_cpu_proxy(tiny_llama: Path, tmp_path: Path) -> None:
