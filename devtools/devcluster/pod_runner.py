@@ -55,6 +55,20 @@ STOP_GRACE_CAP_S = 10  # agent stop and vanished pods: stop quickly
 LOG_TAIL_BYTES = 16384
 PID_FILE = "pid"
 TERMINAL = ("Succeeded", "Failed")
+# A process node pulls nothing: the host already has what its pods run. A registry under `.invalid`
+# (RFC 2606: a name that can never resolve) fails as a pull from it fails on any node.
+UNRESOLVABLE_REGISTRY = ".invalid"
+
+
+def pull_failure(image: str) -> dict[str, Any] | None:
+    """The waiting state a kubelet shows for an image it cannot pull, or None for an image it has."""
+    registry = image.split("/", 1)[0] if "/" in image else ""
+    host = registry.rsplit(":", 1)[0]
+    if not host.endswith(UNRESOLVABLE_REGISTRY):
+        return None
+    message = (f'Back-off pulling image "{image}": ErrImagePull: failed to resolve reference "{image}": '
+               f"dial tcp: lookup {host}: no such host")
+    return {"waiting": {"reason": "ImagePullBackOff", "message": message}}
 
 
 def kill_recorded_processes(root: Path) -> int:
@@ -267,6 +281,10 @@ class PodRunner(threading.Thread):
                 return
             self._exited(run, code)
         if not run.ran:
+            failure = pull_failure(run.record.image)
+            if failure is not None:
+                run.record.state = failure  # never started, as kubelet keeps backing off
+                return
             self._start(run, now)
             return
         exit_code = run.record.exit_code

@@ -243,6 +243,17 @@ def test_a_model_update_keeps_a_ready_replica_serving_throughout_then_collects_t
     assert (model_cache / namespace / new["key"] / "repository").is_dir()
 
 
+CANNOT_START = [
+    # The operator set up for a cluster cache (a PVC) that the namespace lacks: unschedulable.
+    pytest.param({}, ['persistentvolumeclaim "batchline-model-cache"', "model cache"], id="no-cache-claim"),
+    # A builder image no registry serves: the pod is scheduled and its image pull backs off.
+    pytest.param({"BATCHLINE_BUILDER_IMAGE": "registry.invalid/batchline-builder:0.1.0", "HOST_PATH": "1"},
+                 ["cannot pull registry.invalid/batchline-builder:0.1.0", "ImagePullBackOff", "builder.image"],
+                 id="missing-image"),
+]
+
+
+@pytest.mark.parametrize(("env", "words"), CANNOT_START)
 def test_a_build_pod_that_cannot_start_is_a_problem_not_progress(
     cluster: Any,
     kube: client.ApiClient,
@@ -250,36 +261,40 @@ def test_a_build_pod_that_cannot_start_is_a_problem_not_progress(
     llmds: LLMDs,
     tiny_checkpoint: Path,
     operator: Any,
+    model_cache: Path,
     tmp_path: Path,
     request: pytest.FixtureRequest,
+    env: dict[str, str],
+    words: list[str],
 ) -> None:
-    """An operator set up for a cluster cache (a PVC) that the namespace lacks: the build pod stays
-    unschedulable, and after the grace period status, Events and Argo CD say so and what to do."""
+    """After the grace period, status, Events and Argo CD say that the build cannot start, why, and what
+    to do; nothing calls it progress."""
     from devcluster.operator_process import OperatorProcess
     from tests.chart.test_argocd_health import health
     from tests.integration.conftest import OPERATOR_ENV
 
-    operator.stop()  # the suite's operator (local cache folder) stands aside for one without it
+    operator.stop()  # the suite's operator stands aside for one set up for this case
     request.addfinalizer(lambda: (operator.start(), operator.wait_for_log("Activity 'startup' succeeded")))
-    pvc_mode = OperatorProcess(
-        Path(cluster.operator_kubeconfig), tmp_path / "operator.log",
-        env={**OPERATOR_ENV, "BATCHLINE_BUILD_BLOCKED_SECONDS": "5"},
-    )  # fmt: skip
-    pvc_mode.start()
-    request.addfinalizer(pvc_mode.stop)
-    pvc_mode.wait_for_log("Activity 'startup' succeeded")
-    llmds.create("nocache", {"model": {"source": str(tiny_checkpoint)}})
+    settings = {**OPERATOR_ENV, "BATCHLINE_BUILD_BLOCKED_SECONDS": "5", **env}
+    if settings.pop("HOST_PATH", None):
+        settings["BATCHLINE_MODEL_CACHE_HOST_PATH"] = str(model_cache)
+    case = OperatorProcess(Path(cluster.operator_kubeconfig), tmp_path / "operator.log", env=settings)
+    case.start()
+    request.addfinalizer(case.stop)
+    case.wait_for_log("Activity 'startup' succeeded")
+    llmds.create("stuck", {"model": {"source": str(tiny_checkpoint)}})
 
     def blocked() -> dict[str, Any] | None:
-        cond = llmds.condition("nocache", "Degraded")
+        cond = llmds.condition("stuck", "Degraded")
         return cond if cond.get("reason") == "BuildBlocked" else None
 
     degraded = wait_for(blocked, timeout=90, what="Degraded=True BuildBlocked")
-    assert degraded["status"] == "True" and 'persistentvolumeclaim "batchline-model-cache"' in degraded["message"]
-    assert "model cache" in degraded["message"]  # and what to do about it
-    assert llmds.condition("nocache", "Progressing")["status"] == "False"
-    assert _build(llmds, "nocache")["reason"] == "BuildBlocked"
-    assert health(llmds.get("nocache"))["status"] == "Degraded"
+    assert degraded["status"] == "True"
+    for word in words:
+        assert word in degraded["message"], degraded["message"]
+    assert llmds.condition("stuck", "Progressing")["status"] == "False"
+    assert _build(llmds, "stuck")["reason"] == "BuildBlocked"
+    assert health(llmds.get("stuck"))["status"] == "Degraded"
 
     def events() -> list[str]:  # posted right after the status write that flips the conditions
         listed = client.CoreV1Api(kube).list_namespaced_event(namespace, field_selector="reason=BuildBlocked")

@@ -280,3 +280,13 @@ def test_secret_values_come_from_the_api_and_optional_ones_may_be_missing() -> N
     container = {"name": "c", "command": ["batchline"], "env": env}
     how = launch(pod(container), container, ctx)
     assert how.env["HF_TOKEN"] == "hf_abc" and "OTHER" not in how.env
+
+
+def test_an_image_from_a_registry_that_cannot_resolve_backs_off_like_a_kubelet_pull() -> None:
+    from devcluster.pod_runner import pull_failure
+
+    assert pull_failure("ghcr.io/batchline/batchline-builder:0.1.0") is None
+    assert pull_failure("busybox") is None and pull_failure("localhost:5000/x:1") is None
+    failure = pull_failure("registry.invalid:5000/team/builder:1")
+    assert failure is not None and failure["waiting"]["reason"] == "ImagePullBackOff"
+    assert "lookup registry.invalid: no such host" in failure["waiting"]["message"]
