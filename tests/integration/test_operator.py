@@ -6,6 +6,7 @@ import os
 import signal
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -296,16 +297,18 @@ def test_invalid_specs_are_rejected_with_the_field_named(
     assert message in result.stderr, result.stderr
 
 
+@pytest.fixture
+def cpu_node(cluster: Any) -> Iterator[str]:
+    """A fake node without GPUs (or their taint), where CPU-only replicas can run."""
+    cluster.add_node(NodeSpec("cpu-0", gpus=0))
+    yield "cpu-0"
+    cluster.remove_node("cpu-0")
+
+
+@pytest.mark.usefixtures("cpu_node")
 def test_killed_mid_reconcile_converges_without_duplicates_or_churn(
-    kube: client.ApiClient,
-    namespace: str,
-    llmds: LLMDs,
-    cluster: Any,
-    operator: OperatorProcess,
-    request: pytest.FixtureRequest,
+    kube: client.ApiClient, namespace: str, llmds: LLMDs, cluster: Any, operator: OperatorProcess
 ) -> None:
-    cluster.add_node(NodeSpec("cpu-0", gpus=0))  # CPU-only replicas need an untainted node
-    request.addfinalizer(lambda: cluster.remove_node("cpu-0"))
     names = [f"m{i}" for i in range(12)]
     for name in names:
         llmds.create(name, {"model": {"source": SOURCE}, "resources": {"gpu": {"count": 0}, "cpu": "100m"}})
@@ -344,6 +347,7 @@ def test_examples_pass_the_api_servers_validation(cluster: Any, namespace: str, 
 OUTAGE_SECONDS = 30
 
 
+@pytest.mark.usefixtures("cpu_node")
 def test_an_api_server_and_etcd_outage_is_ridden_out_without_a_restart_or_duplicates(
     kube: client.ApiClient,
     namespace: str,
@@ -352,8 +356,6 @@ def test_an_api_server_and_etcd_outage_is_ridden_out_without_a_restart_or_duplic
     operator: OperatorProcess,
     request: pytest.FixtureRequest,
 ) -> None:
-    cluster.add_node(NodeSpec("cpu-1", gpus=0))  # CPU-only replicas need an untainted node
-    request.addfinalizer(lambda: cluster.remove_node("cpu-1"))
     spec = {"model": {"source": SOURCE}, "resources": {"gpu": {"count": 0}, "cpu": "100m"}}
     llmds.create("before", spec)
     wait_for(lambda: _ready(llmds, "before", 1), timeout=180, what="before Ready")
