@@ -10,6 +10,7 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
+import yaml
 
 from batchline import operator_cli
 from batchline.config import OperatorConfig
@@ -403,3 +404,27 @@ def test_gateway_service_monitor_and_keys_line_up() -> None:
     assert keys["secret"]["secretName"] == "gateway-keys"
     mount = next(m for m in c["volumeMounts"] if m["name"] == "api-keys")
     assert mount["readOnly"] and "--api-key-file=" + mount["mountPath"] + "/keys" in c["args"]
+
+
+@pytest.mark.parametrize("values", [(), (NAMESPACED,)], ids=["cluster", "namespaced"])
+def test_a_network_policy_lets_only_the_gateway_reach_the_triton_api_ports(values: tuple[Path, ...]) -> None:
+    sets = [*GATEWAY, "gateway.networkPolicy.enabled=true"]
+    manifests = render(values, sets, namespace="ops")
+    policies = [m for m in of_kind(manifests, "NetworkPolicy") if m["metadata"]["name"].endswith("-triton")]
+    [deployment] = _gateway(manifests, "Deployment")
+    gateway_pods = deployment["spec"]["template"]["metadata"]["labels"]
+    # One in each namespace whose LLMDeployments the operator serves (where their Triton pods run).
+    watched = yaml.safe_load(NAMESPACED.read_text())["operator"]["watch"]["namespaces"] if values else ["ops"]
+    assert {p["metadata"]["namespace"] for p in policies} == set(watched)
+    for policy in policies:
+        kubernetes_validate.validate(policy, KUBE_VERSION.lstrip("v").rsplit(".", 1)[0] + ".0", strict=True)
+        spec = policy["spec"]
+        assert spec["podSelector"]["matchExpressions"] == [{"key": "batchline.dev/llmdeployment", "operator": "Exists"}]
+        api_rule, metrics_rule = spec["ingress"]
+        [peer] = api_rule["from"]
+        assert peer["podSelector"]["matchLabels"].items() <= gateway_pods.items()
+        assert peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "ops"}
+        assert sorted(p["port"] for p in api_rule["ports"]) == [8000, 8001]
+        assert [p["port"] for p in metrics_rule["ports"]] == [8002] and "from" not in metrics_rule
+    assert not [m for m in of_kind(render(values, GATEWAY, namespace="ops"), "NetworkPolicy")
+                if m["metadata"]["name"].endswith("-triton")]
