@@ -134,18 +134,18 @@ def engine_and_gateway() -> dict[str, list[dict[str, Any]]]:
         "batchline_gateway_time_to_first_token_seconds_bucket": [row({**gw_a, "quantile": "0.95"}, 640.0)],
         "batchline_gateway_time_to_first_token_seconds_sum": [row(gw_a, 300.0)],
         "batchline_gateway_requests_waiting": [row(gw_a, 3.0), row(gw_b, 1.0)],
-        "batchline_time_to_first_token_seconds_bucket": [
+        "batchline_engine_time_to_first_token_seconds_bucket": [
             row({**A, "quantile": "0.95"}, 500.0),
             row({**B, "quantile": "0.95"}, 450.0),
         ],
-        "batchline_time_per_output_token_seconds_bucket": [row({**A, "quantile": "0.95"}, 42.0)],
-        "batchline_time_per_output_token_seconds_sum": [row(A, 30.0)],
-        "batchline_request_duration_seconds_bucket": [row({**A, "quantile": "0.95"}, 9000.0)],
-        "batchline_request_duration_seconds_count": [row(A, 4.0)],
-        "batchline_prompt_tokens_total": [row(A, 8000.0)],
-        "batchline_generation_tokens_total": [row(A, 900.0)],
-        "batchline_requests_running": [row(A, 20.0)],
-        "batchline_requests_waiting": [row(A, 5.0), row(B, 0.0)],
+        "batchline_engine_time_per_output_token_seconds_bucket": [row({**A, "quantile": "0.95"}, 42.0)],
+        "batchline_engine_time_per_output_token_seconds_sum": [row(A, 30.0)],
+        "batchline_engine_request_duration_seconds_bucket": [row({**A, "quantile": "0.95"}, 9000.0)],
+        "batchline_engine_request_duration_seconds_count": [row(A, 4.0)],
+        "batchline_engine_prompt_tokens_total": [row(A, 8000.0)],
+        "batchline_engine_generation_tokens_total": [row(A, 900.0)],
+        "batchline_engine_requests_running": [row(A, 20.0)],
+        "batchline_engine_requests_waiting": [row(A, 5.0), row(B, 0.0)],
         **healthy(),
     }
 
@@ -153,7 +153,7 @@ def engine_and_gateway() -> dict[str, list[dict[str, Any]]]:
 def test_histogram_quantiles_are_cluster_wide_for_every_allowed_quantile() -> None:
     q = QueryConfig(selector='job="triton"', gateway_selector='job="gateway"').queries()
     ttft = q["engine_ttft_q_ms"]
-    metric = 'batchline_time_to_first_token_seconds_bucket{job="triton"}'
+    metric = 'batchline_engine_time_to_first_token_seconds_bucket{job="triton"}'
     inner = f"sum by (namespace, llmdeployment, le) (rate({metric}[60s]))"
     assert f"histogram_quantile(0.95, {inner})" in ttft
     assert ttft.count("histogram_quantile(") == 4 and '"quantile", "0.99"' in ttft

@@ -32,7 +32,7 @@ class FakePrometheus:
         if not self.up:
             raise OSError(f"connection refused (attempt {self.queries})")  # real errors differ each time
         at = (params or {}).get("time", 0.0)
-        if "batchline_time_to_first_token_seconds_bucket" in query and self.ttft_ms is not None:
+        if "batchline_engine_time_to_first_token_seconds_bucket" in query and self.ttft_ms is not None:
             return [{"metric": {**LABELS, "quantile": "0.95"}, "value": [at, str(self.ttft_ms)]}]
         if "batchline_" in query:
             return []

@@ -13,10 +13,10 @@ Three sources, the best present wins per object and signal:
   `namespace/name`): TTFT, TPOT and end-to-end latency as clients see them, time held at the
   gateway included, summed over gateway replicas before `histogram_quantile`; its waiting gauge
   adds to the pending requests;
-* the in-flight engine's Triton custom metrics (`batchline_time_to_first_token_seconds`,
-  `batchline_time_per_output_token_seconds`, `batchline_request_duration_seconds`,
-  `batchline_requests_running`, `batchline_requests_waiting`, `batchline_prompt_tokens_total`,
-  `batchline_generation_tokens_total`): histograms summed over pods, then the quantile
+* the in-flight engine's Triton custom metrics (`batchline_engine_time_to_first_token_seconds`,
+  `batchline_engine_time_per_output_token_seconds`, `batchline_engine_request_duration_seconds`,
+  `batchline_engine_requests_running`, `batchline_engine_requests_waiting`, `batchline_engine_prompt_tokens_total`,
+  `batchline_engine_generation_tokens_total`): histograms summed over pods, then the quantile
   (cluster-wide), and the token counters the policy measures demand in;
 * Triton's own metrics: per-pod summaries (which cannot be aggregated, so the worst pod's), the
   mean when summaries are off, the pending gauge and the success counter.
@@ -58,22 +58,22 @@ TEMPLATES: dict[str, str] = {
     "request_rate": "sum by ({by}) (rate(nv_inference_request_success{{{sel}}}[{w}]))",
     "age_s": "max by ({by}) (time() - timestamp(nv_inference_pending_request_count{{{sel}}}))",
     # The in-flight engine (Triton custom metrics of the python backend), per object.
-    "engine_latency_q_ms": "hq batchline_request_duration_seconds",
-    "engine_ttft_q_ms": "hq batchline_time_to_first_token_seconds",
-    "engine_tpot_q_ms": "hq batchline_time_per_output_token_seconds",
+    "engine_latency_q_ms": "hq batchline_engine_request_duration_seconds",
+    "engine_ttft_q_ms": "hq batchline_engine_time_to_first_token_seconds",
+    "engine_tpot_q_ms": "hq batchline_engine_time_per_output_token_seconds",
     "engine_ttft_mean_ms": (
-        "1e3 * sum by ({by}) (rate(batchline_time_to_first_token_seconds_sum{{{sel}}}[{w}]))"
-        " / sum by ({by}) (rate(batchline_time_to_first_token_seconds_count{{{sel}}}[{w}]))"
+        "1e3 * sum by ({by}) (rate(batchline_engine_time_to_first_token_seconds_sum{{{sel}}}[{w}]))"
+        " / sum by ({by}) (rate(batchline_engine_time_to_first_token_seconds_count{{{sel}}}[{w}]))"
     ),
     "engine_tpot_mean_ms": (
-        "1e3 * sum by ({by}) (rate(batchline_time_per_output_token_seconds_sum{{{sel}}}[{w}]))"
-        " / sum by ({by}) (rate(batchline_time_per_output_token_seconds_count{{{sel}}}[{w}]))"
+        "1e3 * sum by ({by}) (rate(batchline_engine_time_per_output_token_seconds_sum{{{sel}}}[{w}]))"
+        " / sum by ({by}) (rate(batchline_engine_time_per_output_token_seconds_count{{{sel}}}[{w}]))"
     ),
-    "engine_request_rate": "sum by ({by}) (rate(batchline_request_duration_seconds_count{{{sel}}}[{w}]))",
-    "prompt_tokens_rate": "sum by ({by}) (rate(batchline_prompt_tokens_total{{{sel}}}[{w}]))",
-    "output_tokens_rate": "sum by ({by}) (rate(batchline_generation_tokens_total{{{sel}}}[{w}]))",
-    "running": "sum by ({by}) (batchline_requests_running{{{sel}}})",
-    "engine_waiting": "sum by ({by}) (batchline_requests_waiting{{{sel}}})",
+    "engine_request_rate": "sum by ({by}) (rate(batchline_engine_request_duration_seconds_count{{{sel}}}[{w}]))",
+    "prompt_tokens_rate": "sum by ({by}) (rate(batchline_engine_prompt_tokens_total{{{sel}}}[{w}]))",
+    "output_tokens_rate": "sum by ({by}) (rate(batchline_engine_generation_tokens_total{{{sel}}}[{w}]))",
+    "running": "sum by ({by}) (batchline_engine_requests_running{{{sel}}})",
+    "engine_waiting": "sum by ({by}) (batchline_engine_requests_waiting{{{sel}}})",
     # The gateway, per model id (all gateway replicas summed).
     "gateway_latency_q_ms": "ghq batchline_gateway_request_duration_seconds",
     "gateway_ttft_q_ms": "ghq batchline_gateway_time_to_first_token_seconds",
