@@ -4,9 +4,11 @@
   with one float16 (bfloat16 for weights beyond float16's range) scale per group of consecutive weights
   in a row: int8 in groups of INT8_GROUP, int4 in groups of `group_size`. Written as a compressed-tensors
   `pack-quantized` Hugging Face folder (weights.py), which vLLM (Marlin kernels), SGLang and
-  transformers load. The recipe is GPTQ on the calibration text (calibration_text.py, disjoint from the
-  evaluation text), with each group's scale from a range search weighted by the layer's input energy;
-  pruned models (`sparsity` > 0) use round-to-nearest, so that a pruned weight stays exactly zero.
+  transformers load. Statistics come from the calibration text (calibration_text.py, disjoint from the
+  evaluation text). int4: GPTQ, each group's scale and zero point from a range search weighted by the
+  layer's input energy; int8: round to nearest with that weighted range search ("weighted-rtn"), which
+  measured ahead of GPTQ on SmolLM2. Pruned models (`sparsity` > 0) use round to nearest, unweighted
+  and symmetric, so that a pruned weight stays exactly zero.
   The embeddings and the LM head stay in float (neither vLLM nor transformers reads them quantized in
   this format); every unquantized float tensor is stored in the same float16/bfloat16.
 - int8-dynamic: torchao `Int8DynamicActivationInt8WeightConfig` (per-token int8 activations);
@@ -34,6 +36,8 @@ INT8_GROUP = 32
 FLOAT16_SAFE = 1e4
 # int4 with an integer zero point per group (vLLM reads it: Marlin's uint4 with zero points).
 INT4_ASYMMETRIC = True
+# Recipe per bit width where calibration statistics are available (pruned builds: "rtn").
+INTEGER_RECIPES = {8: "weighted-rtn", 4: "gptq"}
 # Range search of a group's scale: fractions of its largest magnitude clipped off.
 CLIP_STEPS = (0.0, 0.03, 0.06, 0.09, 0.12, 0.15)
 # GPTQ: damping (fraction of the mean Hessian diagonal added to it) and columns per lazy-update block.
@@ -291,6 +295,15 @@ def _group_params(
     return best[0].to(dtype), best[1]
 
 
+def input_energy(hessian: torch.Tensor) -> torch.Tensor:
+    """Per input column, 1 + its mean square input relative to the mean over columns (H's diagonal): the
+    weight of that column's error in the range search. A few hidden dimensions carry activations a
+    hundred times larger than the rest (8 of SmolLM2's 576), and errors in their columns cost as much
+    more; the 1 keeps every column counted."""
+    diag = torch.diag(hessian).float().clamp(min=0)
+    return 1 + diag / diag.mean().clamp(min=1e-12)
+
+
 def _codes(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
     """compressed-tensors' rounding: clamp(round(x / scale) + zero_point)."""
     return ((x / scale).round() + zero).clamp(-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
@@ -331,8 +344,7 @@ def quantize_gptq(
     w[:, dead] = 0
     h += GPTQ_DAMPING * torch.diag(h).mean() * torch.eye(cols, dtype=h.dtype)
     hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True).float()
-    diag = torch.diag(hessian).float().clamp(min=0)
-    importance = 1 + diag / diag.mean().clamp(min=1e-12)
+    importance = input_energy(hessian)
     codes = torch.zeros(rows, cols, dtype=torch.int8)
     scales = torch.zeros(rows, cols // group_size, dtype=dtype)
     zeros = torch.zeros(rows, cols // group_size)
@@ -372,7 +384,9 @@ def _quantize_integer_weights(
     # symmetric (vLLM's Marlin kernels take no 8-bit zero points).
     symmetric = bits == 8 or pruned or not INT4_ASYMMETRIC
     dtype = storage_dtype(model)
-    recipe = "gptq" if hessians and not pruned else "rtn"
+    # Measured on SmolLM2 (docs/builder.md): GPTQ for int4; for int8 the weighted range search keeps
+    # more arg-maxes (98.26% against GPTQ's 97.94%) and builds in a fraction of the time.
+    recipe = "rtn" if not hessians or pruned else INTEGER_RECIPES[bits]
     quantized: dict[str, IntWeight] = {}
     with torch.no_grad():
         for parameter in model.parameters():
@@ -381,6 +395,8 @@ def _quantize_integer_weights(
         for name, module in quantized_layers(model).items():
             if recipe == "gptq" and hessians is not None:
                 weight = quantize_gptq(module.weight, hessians[name], bits, group, dtype, symmetric)
+            elif recipe == "weighted-rtn" and hessians is not None:
+                weight = quantize_rtn(module.weight, bits, group, dtype, symmetric, input_energy(hessians[name]))
             else:
                 weight = quantize_rtn(module.weight, bits, group, dtype, symmetric)
             module.weight.data = weight.dequantize()
