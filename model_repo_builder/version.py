@@ -1,3 +1,3 @@
 """The builder's version. Bump it whenever the repository it writes changes for the same inputs."""
 
-BUILDER_VERSION = "1.2.0"
+BUILDER_VERSION = "1.2.1"
