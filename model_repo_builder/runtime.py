@@ -75,6 +75,19 @@ def conv1d_to_linear(model: torch.nn.Module) -> int:
     return replaced
 
 
+def load_instance(args: dict[str, str], model_dir: str | Path) -> tuple[LoadedModel, dict[str, str]]:
+    """What both Triton models do in `initialize`: read the model's config parameters, set torch's threads,
+    and load the weights on the device Triton gave this instance (its GPU, else the CPU). Returns the
+    model and the parameters."""
+    config = json.loads(args["model_config"])
+    params = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
+    threads = int(params.get("torch_threads", "0"))
+    if threads > 0:
+        torch.set_num_threads(threads)
+    device = f"cuda:{args['model_instance_device_id']}" if args["model_instance_kind"] == "GPU" else "cpu"
+    return load_model(Path(model_dir) / params.get("weights", "weights"), device), params
+
+
 def load_model(weights_dir: str | Path, device: str = "cpu", dequantize: bool = False) -> LoadedModel:
     """Rebuilds the model a build saved, quantized tensors included, from its manifest.
 

@@ -4,7 +4,6 @@ Loads the quantized weights in ./weights through batchline_runtime.py (copied ne
 runs each dynamic batch as one forward pass (embeddings) or one generate call (text generation).
 """
 
-import json
 import os
 import site
 import sys
@@ -18,7 +17,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import batchline_runtime as runtime  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
 
@@ -33,17 +31,7 @@ def _text(value):
 
 class TritonPythonModel:
     def initialize(self, args):
-        config = json.loads(args["model_config"])
-        params = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
-        threads = int(params.get("torch_threads", "0"))
-        if threads > 0:
-            torch.set_num_threads(threads)
-        device = "cpu"
-        if args["model_instance_kind"] == "GPU":
-            device = f"cuda:{args['model_instance_device_id']}"
-        weights = os.path.join(os.path.dirname(os.path.abspath(__file__)), params.get("weights", "weights"))
-        dequantize = params.get("dequantize_at_load", "false") == "true"
-        self.loaded = runtime.load_model(weights, device, dequantize=dequantize)
+        self.loaded, params = runtime.load_instance(args, os.path.dirname(os.path.abspath(__file__)))
         self.default_max_tokens = int(params.get("default_max_tokens", "64"))
 
     def _parse(self, request):

@@ -24,7 +24,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import batchline_engine as engine_lib  # noqa: E402
 import batchline_runtime as runtime  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
 WARMUP_TIMEOUT_S = 300.0
@@ -139,17 +138,7 @@ class _Responder:
 
 class TritonPythonModel:
     def initialize(self, args):
-        config = json.loads(args["model_config"])
-        params = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
-        threads = int(params.get("torch_threads", "0"))
-        if threads > 0:
-            torch.set_num_threads(threads)
-        device = "cpu"
-        if args["model_instance_kind"] == "GPU":
-            device = f"cuda:{args['model_instance_device_id']}"
-        weights = os.path.join(os.path.dirname(os.path.abspath(__file__)), params.get("weights", "weights"))
-        dequantize = params.get("dequantize_at_load", "false") == "true"
-        loaded = runtime.load_model(weights, device, dequantize=dequantize)
+        loaded, params = runtime.load_instance(args, os.path.dirname(os.path.abspath(__file__)))
         self.default_max_tokens = int(params.get("default_max_tokens", "64"))
         labels = {
             "model": args["model_name"],
