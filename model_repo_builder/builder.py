@@ -155,10 +155,10 @@ def _build_into(staging: Path, checkpoint: Checkpoint, key: str, options: BuildO
     del candidate, summary
     # The gate measures what Triton will load: the weights read back from the repository, run the
     # way the served model.py runs them.
-    served = runtime.load_model(weights_dir, device, dequantize=options.dequantize_at_load)
+    served = runtime.load_model(weights_dir, device)
     measured_on = "weights reloaded from the repository"
-    if options.dequantize_at_load:
-        measured_on += ", de-quantized to float32 at load as served"
+    if mode in PACKED_MODES and options.backend is Backend.PYTHON:
+        measured_on += ", de-quantized to float32 at load as served"  # runtime.load_model, as model.py does
     if vllm_fp8:
         fp8_weight_proxy(served.model)
         measured_on = "CPU proxy: fp8 weights (torchao Float8WeightOnlyConfig); vLLM also quantizes activations"

@@ -99,11 +99,6 @@ def register(subparsers: Any) -> None:
     serving.add_argument("--response-cache", action="store_true")
     serving.add_argument("--no-warmup", action="store_true")
     serving.add_argument(
-        "--dequantize-at-load",
-        action="store_true",
-        help="int8/int4-weight-only: serve float32 weights de-quantized at load (fast on CPU, float32 memory)",
-    )
-    serving.add_argument(
         "--engine",
         choices=[str(e) for e in Engine],
         default=str(Engine.INFLIGHT),
@@ -167,7 +162,6 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
         quality=quality,
         vllm_model_root=args.vllm_model_root,
         sparsity=args.sparsity,
-        dequantize_at_load=args.dequantize_at_load,
         engine=Engine(args.engine),
         kv_cache_tokens=args.kv_cache_tokens,
         max_batch_tokens=args.max_batch_tokens,

@@ -116,9 +116,6 @@ class BuildOptions:
     # Fraction of each body Linear row's weights (all Linear layers but the LM head) set to zero, the
     # smallest magnitudes first, before quantization. The repository stays dense (see docs/builder.md).
     sparsity: float = 0.0
-    # Packed modes: the server de-quantizes the weights once at load into float32 layers (float32
-    # memory, float32 decode speed) instead of on every call (small memory, slower on CPU).
-    dequantize_at_load: bool = False
     # vllm backend: GPUs one engine splits the model over (vLLM's tensor_parallel_size).
     tensor_parallel_size: int = 1
     # Text generation on the python backend: the in-flight batching engine or one generate() per batch.
@@ -152,11 +149,6 @@ class BuildOptions:
         object.__setattr__(self, "engine", Engine(self.engine))
         # 0 and 0.0 are the same option, and must give the same build key.
         object.__setattr__(self, "sparsity", float(self.sparsity))
-        if self.dequantize_at_load and self.mode not in PACKED_MODES:
-            raise ValueError(
-                f"dequantize_at_load applies to modes {[str(m) for m in PACKED_MODES]}; mode {self.mode} "
-                "is not stored packed"
-            )
 
     def float_mode(self, checkpoint_dtype: str) -> Mode:
         """The float format of a none or fp32 build, as the float mode that stores it: fp32 -> NONE (which

@@ -88,14 +88,13 @@ def load_instance(args: dict[str, str], model_dir: str | Path) -> tuple[LoadedMo
     return load_model(Path(model_dir) / params.get("weights", "weights"), device), params
 
 
-def load_model(weights_dir: str | Path, device: str = "cpu", dequantize: bool = False) -> LoadedModel:
+def load_model(weights_dir: str | Path, device: str = "cpu") -> LoadedModel:
     """Rebuilds the model a build saved, quantized tensors included, from its manifest.
 
     int8/int4 weight-only builds (compressed-tensors) are de-quantized once at load into float32 layers,
     through transformers' compressed-tensors support: float32 memory and speed on CPU, the same numbers
-    the build measured. `dequantize` is kept for callers of earlier builds; every load de-quantizes.
+    the build measured.
     """
-    del dequantize  # compressed-tensors weights are always de-quantized at load (see above)
     weights_dir = Path(weights_dir)
     manifest = json.loads((weights_dir / MANIFEST_FILE).read_text())
     kind = manifest["kind"]

@@ -195,8 +195,6 @@ def inflight_model_config(options: BuildOptions) -> ModelConfig:
         "max_running_requests": str(options.batching.max_batch_size),
         "warmup": "true" if options.warmup else "false",
     }
-    if options.dequantize_at_load:
-        parameters["dequantize_at_load"] = "true"
     return ModelConfig(
         name=options.model_name,
         backend="python",
@@ -223,8 +221,6 @@ def python_model_config(kind: ModelKind, options: BuildOptions, embedding_size: 
     parameters = {"weights": "weights", "torch_threads": str(options.torch_threads)}
     if kind is ModelKind.CAUSAL_LM:
         parameters["default_max_tokens"] = str(options.default_max_tokens)
-    if options.dequantize_at_load:
-        parameters["dequantize_at_load"] = "true"
     warmup: tuple[Warmup, ...] = ()
     if options.warmup:
         by_name = {tensor.name: tensor for tensor in inputs}

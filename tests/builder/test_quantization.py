@@ -98,6 +98,8 @@ def test_int4_size_and_what_stays_float(wide_llama: Path, tmp_path: Path) -> Non
     # read quantized in this format.
     assert report["quantization"]["formats"] == {"int4 group 32 asymmetric, float16 scale (gptq)": 7}
     assert report["size"]["compression_ratio_vs_fp32"] >= 5.0
+    # The gate measured what the python backend serves: the weights de-quantized once at load.
+    assert report["quality"]["measured_on"].endswith(", de-quantized to float32 at load as served")
     loaded = load_model(result.weights_dir)
     embedding = loaded.model.get_input_embeddings().weight
     assert embedding is loaded.model.get_output_embeddings().weight and embedding.dtype.itemsize == 4
@@ -112,6 +114,7 @@ def test_vllm_layout_matches_what_vllm_reads(tiny_llama: Path, tmp_path: Path) -
     result = build(tiny_llama, tmp_path, options)
     model_dir = result.repository / "llm"
     assert 'backend: "vllm"' in (model_dir / "config.pbtxt").read_text()
+    assert result.report["quality"]["measured_on"] == "weights reloaded from the repository"  # vLLM: int kernels
     assert {p.name for p in (model_dir / "1").iterdir()} == {"model.json", "weights"}
     engine = json.loads((model_dir / "1" / "model.json").read_text())
     # vLLM finds the quantization in config.json; its integer kernels run in float16 or bfloat16.
@@ -237,28 +240,6 @@ def test_a_bad_sparsity_is_refused_before_anything_is_written(
     assert main(["build", str(tiny_llama), str(root), "--sparsity", str(value)]) == 2
     assert "sparsity must be a number in [0, 1)" in capsys.readouterr().err
     assert not root.exists()
-
-
-def test_dequantize_at_load_serves_the_same_numbers(tiny_llama: Path, tmp_path: Path) -> None:
-    plain = build(tiny_llama, tmp_path, BuildOptions(mode=Mode.INT4_WEIGHT_ONLY, quality=LOOSE, warmup=False))
-    options = BuildOptions(mode=Mode.INT4_WEIGHT_ONLY, quality=LOOSE, warmup=False, dequantize_at_load=True)
-    dense = build(tiny_llama, tmp_path, options)
-    assert dense.key != plain.key
-    # compressed-tensors weights are always de-quantized at load: the flag only reaches config.pbtxt.
-    assert dense.report["size"] == plain.report["size"]
-    assert (
-        dense.report["repository"]["files"]["model/1/weights/model.safetensors"]
-        == (plain.report["repository"]["files"]["model/1/weights/model.safetensors"])
-    )
-    for name in ("perplexity", "top1_agreement", "max_logit_error"):
-        assert dense.report["quality"][name] == plain.report["quality"][name]
-    config = (dense.repository / "model" / "config.pbtxt").read_text()
-    assert 'key: "dequantize_at_load" value: { string_value: "true" }' in config
-
-
-def test_dequantize_at_load_needs_an_integer_weight_only_mode() -> None:
-    with pytest.raises(ValueError, match="dequantize_at_load applies to modes"):
-        BuildOptions(mode=Mode.INT8_DYNAMIC, dequantize_at_load=True)
 
 
 def test_the_quality_gate_reads_the_whole_evaluation_text(served_llama) -> None:

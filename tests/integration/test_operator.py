@@ -246,7 +246,6 @@ INVALID = [
     ("min-over-max", {"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}, "spec.autoscaling.minReplicas"),
     ("fp8-python", {"quantization": {"mode": "fp8"}}, "fp8 is GPU-only and needs the vllm backend"),
     ("negative-gpus", {"resources": {"gpu": {"count": -1}}}, "spec.resources.gpu.count"),
-    ("dequantize-fp32", {"quantization": {"dequantizeAtLoad": True}}, "spec.quantization.dequantizeAtLoad applies"),
     ("all-pruned", {"quantization": {"sparsity": 1}}, "spec.quantization.sparsity"),
     ("odd-quantile", {"autoscaling": {"latencyQuantile": 0.3}}, "spec.autoscaling.latencyQuantile"),
     ("bad-task", {"model": {"task": "classification"}}, "spec.model.task: Unsupported value"),

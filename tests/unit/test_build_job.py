@@ -22,13 +22,25 @@ def test_builder_args_carry_every_build_input_of_the_spec() -> None:
     )["spec"]
     args = builder_args(spec, "k1", "/ckpt")
     assert args[:4] == ["build", "/ckpt", "/models", "--alias=k1"]
-    assert "--sparsity=0" in args and "--dequantize-at-load" not in args
-    pruned = llmd(quantization={"mode": "int8-weight-only", "sparsity": 0.25, "dequantizeAtLoad": True})["spec"]
-    assert {"--sparsity=0.25", "--dequantize-at-load"} <= set(builder_args(pruned, "k2", "/ckpt"))
+    assert "--sparsity=0" in args
+    pruned = llmd(quantization={"mode": "int8-weight-only", "sparsity": 0.25})["spec"]
+    assert "--sparsity=0.25" in builder_args(pruned, "k2", "/ckpt")
     for expected in ("--mode=int4-weight-only", "--group-size=64", "--max-batch-size=16", "--model-name=chat",
                      "--instance-kind=KIND_CPU", "--preferred-batch-size=4", "--preferred-batch-size=8",
                      "--max-perplexity-increase=0.05", "--termination-log=/dev/termination-log"):  # fmt: skip
         assert expected in args
+
+
+def test_the_deprecated_dequantize_at_load_reaches_no_build_and_keeps_the_key() -> None:
+    # The field stays in the CRD (no effect) so that existing manifests still apply.
+    obj = llmd(quantization={"mode": "int8-weight-only", "dequantizeAtLoad": True})
+    job = build_job([obj], obj["spec"], "k1", 1, CFG)
+    assert not any("dequantize" in arg for arg in job["spec"]["template"]["spec"]["containers"][0]["args"])
+    # Its CRD default (false) went: an object without it keeps the key it had with the default filled in.
+    plain = llmd(quantization={"mode": "int8-weight-only"})["spec"]
+    assert "dequantizeAtLoad" not in plain["quantization"]
+    with_default = {**plain, "quantization": {**plain["quantization"], "dequantizeAtLoad": False}}
+    assert repository_key(plain) == repository_key(with_default)
 
 
 def test_a_pvc_source_is_mounted_read_only_and_gated_models_get_the_token_secret() -> None:

@@ -16,7 +16,9 @@ def repository_inputs(spec: Mapping[str, Any]) -> dict[str, Any]:
     inputs: dict[str, Any] = {
         "model": {"source": spec["model"]["source"], "task": spec["model"]["task"]},
         # The quality gate is a build input: loosening it after a failed build must build again now.
-        "quantization": dict(spec["quantization"]),
+        # dequantizeAtLoad (deprecated, no effect) lost its CRD default `false`: filled in here so that the
+        # keys of objects without it stay what they were, and those that set it keep theirs too.
+        "quantization": {"dequantizeAtLoad": False, **spec["quantization"]},
         "backend": serving["backend"],
         "modelName": serving["modelName"],
         "maxBatchSize": serving["maxBatchSize"],

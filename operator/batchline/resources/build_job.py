@@ -71,8 +71,6 @@ def builder_args(spec: Mapping[str, Any], key: str, source: str) -> list[str]:
     args += [f"--preferred-batch-size={size}" for size in batching.get("preferredBatchSizes") or []]
     if not batching["enabled"]:
         args.append("--no-dynamic-batching")
-    if quant["dequantizeAtLoad"]:
-        args.append("--dequantize-at-load")
     if serving["responseCache"]:
         args.append("--response-cache")
     if serving.get("engine"):
