@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,8 +39,9 @@ FLOAT16_SAFE = 1e4
 INT4_ASYMMETRIC = True
 # Recipe per bit width where calibration statistics are available (pruned builds: "rtn").
 INTEGER_RECIPES = {8: "weighted-rtn", 4: "gptq"}
-# Range search of a group's scale: fractions of its largest magnitude clipped off.
-CLIP_STEPS = (0.0, 0.03, 0.06, 0.09, 0.12, 0.15)
+# Range search of a group's scale (see `_scale_trials`): the full-range scale / (1 - step / 256), steps
+# from 5/8 of it (the range clipped) to twice it (half the codes used).
+SCALE_TRIAL_STEPS = range(-160, 129, 2)
 # GPTQ: damping (fraction of the mean Hessian diagonal added to it) and columns per lazy-update block.
 GPTQ_DAMPING = 0.01
 GPTQ_BLOCK = 128
@@ -257,30 +259,42 @@ def calibration_hessians(model: Any, batches: list[torch.Tensor]) -> dict[str, t
     return {name: (total / counts[name]).float() for name, total in sums.items()}
 
 
+def _scale_trials(groups: torch.Tensor, bits: int, symmetric: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Candidate (scale, zero point) per group of [rows, n, size] weights, scales before rounding.
+
+    The scale that spans a group's range is one candidate among many: finer ones clip the range, and
+    coarser ones use only some of the codes, which fits a group whose weights already lie on a coarser
+    grid (as in a checkpoint de-quantized from a GGUF file) exactly or nearly. Asymmetric groups also
+    try the zero points next to the rounded one. An exhaustive search, as llama.cpp's `make_qx_quants`;
+    the error measure is the caller's."""
+    low_code, high_code = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    if symmetric:
+        full = groups.abs().amax(-1) / high_code
+        for step in SCALE_TRIAL_STEPS:
+            yield full / (1 - step / 256), torch.zeros_like(full)
+        return
+    low, high = groups.aminmax(dim=-1)
+    low, high = low.clamp(max=0), high.clamp(min=0)  # the integer zero point needs 0 in the range
+    full = (high - low) / (high_code - low_code)
+    for step in SCALE_TRIAL_STEPS:
+        scale = _nonzero(full / (1 - step / 256))
+        nearest = (low_code - low / scale).round()
+        for shift in (-1, 0, 1):
+            yield scale, (nearest + shift).clamp(low_code, high_code)
+
+
 def _group_params(
     groups: torch.Tensor, weights: torch.Tensor, bits: int, symmetric: bool, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per group of [rows, n, size] weights, the scale (rounded to `dtype`) and integer zero point (0 when
-    symmetric) with the least weighted squared error (`weights`: [n, size]) among clipped ranges:
-    symmetric max|w| * (1 - c), asymmetric [min + a * width, max - b * width], c, a, b in CLIP_STEPS."""
-    low_code, high_code = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-    if symmetric:
-        peak = groups.abs().amax(-1)
-        trials = [(-peak * (1 - clip), peak * (1 - clip)) for clip in CLIP_STEPS]
-    else:
-        low, high = groups.aminmax(dim=-1)
-        low, high = low.clamp(max=0), high.clamp(min=0)  # the integer zero point needs 0 in the range
-        width = high - low
-        trials = [(low + below * width, high - above * width) for below in CLIP_STEPS for above in CLIP_STEPS]
+    symmetric) with the least weighted squared error (`weights`: [n, size]) among `_scale_trials`."""
     best: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-    for low_value, high_value in trials:
-        if symmetric:
-            scale = _nonzero((high_value / high_code).to(dtype)).float()
-            zero = torch.zeros_like(scale)
-        else:
-            scale = _nonzero(((high_value - low_value) / (high_code - low_code)).to(dtype)).float()
-            zero = (low_code - low_value / scale).round().clamp(low_code, high_code)
-        codes = ((groups / scale[..., None]).round() + zero[..., None]).clamp(low_code, high_code)
+    for trial_scale, zero in _scale_trials(groups, bits, symmetric):
+        # The trial's codes, then the scale that fits them best (weighted least squares), rounded.
+        levels = _codes(groups, _nonzero(trial_scale)[..., None], zero[..., None], bits) - zero[..., None]
+        fitted = (weights * levels * groups).sum(-1) / (weights * levels.square()).sum(-1).clamp(min=1e-30)
+        scale = _nonzero(torch.where(fitted > 0, fitted, trial_scale).to(dtype)).float()
+        codes = _codes(groups, scale[..., None], zero[..., None], bits)
         error = (((codes - zero[..., None]) * scale[..., None] - groups).square() * weights).sum(-1)
         if best is None:
             best = (scale, zero, error)

@@ -1,3 +1,3 @@
 """The builder's version. Bump it whenever the repository it writes changes for the same inputs."""
 
-BUILDER_VERSION = "1.2.1"
+BUILDER_VERSION = "1.2.2"

@@ -259,3 +259,22 @@ def test_the_quality_gate_reads_the_whole_evaluation_text(served_llama) -> None:
 
     assert len(runs(CALIBRATION_TEXT)) > 500 and not runs(CALIBRATION_TEXT) & runs(EVAL_TEXT)
     assert json.loads((served_llama.path / "build-report.json").read_text())["quality"] == quality
+
+
+def test_weights_already_on_a_coarser_grid_are_stored_exactly() -> None:
+    """A checkpoint de-quantized from a GGUF file has each group's weights on a grid coarser than int8's
+    full range (here: multiples of 2**-7 up to 60 of them); the range search finds a scale that holds
+    them exactly, where the scale spanning the range (max|w| / 127) rounds every one of them."""
+    import torch
+
+    from model_repo_builder.quantize import quantize_rtn
+
+    generator = torch.Generator().manual_seed(0)
+    steps = torch.randint(-60, 61, (64, 256), generator=generator).float()
+    steps[:, ::32] = 60  # every group reaches the same largest magnitude
+    weight = steps * 2**-7
+    stored = quantize_rtn(weight, bits=8, group_size=32, dtype=torch.float16)
+    assert torch.equal(stored.dequantize(), weight)
+    spanning = (weight.reshape(64, 8, 32).abs().amax(-1, keepdim=True) / 127).half().float()
+    rounded = ((weight.reshape(64, 8, 32) / spanning).round() * spanning).reshape(64, 256)
+    assert (rounded - weight).abs().max() > 1e-4  # what the range-spanning scale alone would store
