@@ -192,6 +192,65 @@ def continuous_batching_available(model: Any) -> bool:
     return callable(getattr(model, "init_continuous_batching", None))
 
 
+PER_SEQUENCE_ATTENTION = "batchline_per_sequence_sdpa"
+
+
+def per_sequence_sdpa(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """Attention for a continuous batch without flash attention (the CPU): each sequence's queries
+    against its own keys only, one SDPA call per sequence with grouped-query heads as they are.
+
+    transformers' `sdpa` path runs every query of the step against every key of the step under a
+    block-diagonal mask, after copying the key/value heads out to the query heads (`repeat_kv`): at
+    16 sequences of a few hundred tokens that is most of a decode step's time on a CPU. Within a
+    sequence, keys are its cached tokens and then the step's new ones (`cu_seq_lens_k`), so the mask
+    is causal aligned to the last key. Anything else (no per-sequence lengths: a plain forward pass,
+    e.g. `generate()` on the same model) goes to transformers' own SDPA attention."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    starts_q, starts_k = kwargs.get("cu_seq_lens_q"), kwargs.get("cu_seq_lens_k")
+    if not isinstance(starts_q, torch.Tensor) or not isinstance(starts_k, torch.Tensor):
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+    bounds_q, bounds_k = starts_q.tolist(), starts_k.tolist()
+    grouped = getattr(module, "num_key_value_groups", 1) > 1
+    outputs = []
+    for index in range(len(bounds_q) - 1):
+        q = query[:, :, bounds_q[index] : bounds_q[index + 1]]
+        k = key[:, :, bounds_k[index] : bounds_k[index + 1]]
+        v = value[:, :, bounds_k[index] : bounds_k[index + 1]]
+        new, seen = q.shape[2], k.shape[2]
+        mask = None if new == 1 else torch.ones(new, seen, dtype=torch.bool, device=q.device).tril(seen - new)
+        outputs.append(
+            torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling, enable_gqa=grouped)
+        )
+    return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
+
+
+def _use_per_sequence_attention(model: Any) -> bool:
+    """Switches a model that attends with SDPA over full causal layers to `per_sequence_sdpa`.
+    Sliding-window layers and soft-capped logits need transformers' masks, so those models keep them."""
+    from transformers import AttentionInterface
+
+    config = model.config.get_text_config()
+    full_layers = all(kind == "full_attention" for kind in getattr(config, "layer_types", None) or ())
+    plain = not getattr(config, "sliding_window", None) and not getattr(config, "attn_logit_softcapping", None)
+    if model.config._attn_implementation != "sdpa" or not (full_layers and plain):
+        return False
+    AttentionInterface.register(PER_SEQUENCE_ATTENTION, per_sequence_sdpa)
+    model.set_attn_implementation(PER_SEQUENCE_ATTENTION)
+    return True
+
+
 class Engine:
     """One continuous-batching engine over `model` (which nothing else may run while it lives)."""
 
@@ -237,6 +296,11 @@ class Engine:
         )
         self._manager = model.init_continuous_batching(generation_config=generation, continuous_batching_config=config)
         self._manager.logit_processor = _make_processor_list(self._sampler)
+        # After the manager checked the attention (it takes sdpa, eager or flash only) and before its
+        # thread sets up the batch inputs, which then build no masks for the per-sequence attention.
+        self.attention = (
+            PER_SEQUENCE_ATTENTION if _use_per_sequence_attention(model) else model.config._attn_implementation
+        )
         self._requests: dict[str, _Request] = {}
         self._lock = threading.Lock()
         self._ids = itertools.count()

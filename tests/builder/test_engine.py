@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from model_repo_builder.engine import (
+    PER_SEQUENCE_ATTENTION,
     Engine,
     RequestError,
     Sampling,
@@ -19,6 +20,7 @@ from model_repo_builder.engine import (
     _find_stop,
     _Request,
     _stop_prefix_length,
+    per_sequence_sdpa,
 )
 from model_repo_builder.runtime import LoadedModel, generate, prepare
 
@@ -79,6 +81,7 @@ def engine(tiny_llama: Path) -> Iterator[Engine]:
 
 
 def test_greedy_output_equals_generate_token_for_token(engine: Engine, reference: LoadedModel) -> None:
+    assert engine.attention == PER_SEQUENCE_ATTENTION  # the CPU path under test
     sinks = [Collector() for _ in PROMPTS]
     for prompt, sink, tokens in zip(PROMPTS, sinks, (12, 20, 7, 16), strict=True):
         engine.submit(engine.encode(prompt), Sampling(max_tokens=tokens), sink)
@@ -179,6 +182,30 @@ def test_streamed_text_never_splits_a_multi_byte_character(engine: Engine) -> No
     final = replay.wait()
     assert replay.text == text and final.finish_reason == "length"
     assert all("\ufffd" not in update.text for update in replay.updates)
+
+
+def test_per_sequence_attention_equals_the_masked_batch() -> None:
+    """One step of three sequences: a decode (1 query, 5 cached keys), a prefill (4 queries, no cache)
+    and a prefill chunk after 3 cached keys (2 queries, 5 keys), grouped-query heads (4 over 2)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    lengths_q, lengths_k = (1, 4, 2), (6, 4, 5)
+    query = torch.randn(1, 4, sum(lengths_q), 8, generator=generator)
+    key, value = (torch.randn(1, 2, sum(lengths_k), 8, generator=generator) for _ in range(2))
+    mask = torch.zeros(sum(lengths_q), sum(lengths_k), dtype=torch.bool)
+    row = column = 0
+    for new, seen in zip(lengths_q, lengths_k, strict=True):
+        mask[row : row + new, column : column + seen] = torch.ones(new, seen, dtype=torch.bool).tril(seen - new)
+        row, column = row + new, column + seen
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        query, key.repeat_interleave(2, dim=1), value.repeat_interleave(2, dim=1), attn_mask=mask
+    ).transpose(1, 2)
+    module = SimpleNamespace(num_key_value_groups=2)
+    starts_q = torch.tensor([0, 1, 5, 7], dtype=torch.int32)
+    starts_k = torch.tensor([0, 6, 10, 15], dtype=torch.int32)
+    got, _ = per_sequence_sdpa(module, query, key, value, None, cu_seq_lens_q=starts_q, cu_seq_lens_k=starts_k)
+    torch.testing.assert_close(got, expected)
 
 
 def test_stop_string_helpers() -> None:
