@@ -1,4 +1,4 @@
-"""Text the integer quantizers (GPTQ) run the model on to learn its layers' input statistics.
+"""Text the integer quantizers run the model on to learn its layers' input statistics (input energy per column).
 
 Original prose, and none of it is in eval_text.py: the quality gate never sees the text the
 quantizer was tuned on. It mixes topics and forms (narrative, dialogue, instructions, numbers, code)

@@ -5,10 +5,10 @@
   in a row: int8 in groups of INT8_GROUP, int4 in groups of `group_size`. Written as a compressed-tensors
   `pack-quantized` Hugging Face folder (weights.py), which vLLM (Marlin kernels), SGLang and
   transformers load. Statistics come from the calibration text (calibration_text.py, disjoint from the
-  evaluation text). int4: GPTQ, each group's scale and zero point from a range search weighted by the
-  layer's input energy; int8: round to nearest with that weighted range search ("weighted-rtn"), which
-  measured ahead of GPTQ on SmolLM2. Pruned models (`sparsity` > 0) use round to nearest, unweighted
-  and symmetric, so that a pruned weight stays exactly zero.
+  evaluation text). Both round to nearest, each group's scale (and int4's zero point) from a range
+  search weighted by the layer's input energy ("weighted-rtn"), which measured ahead of GPTQ on
+  SmolLM2's held-out text (docs/builder.md). Pruned models (`sparsity` > 0) use round to nearest,
+  unweighted and symmetric, so that a pruned weight stays exactly zero.
   The embeddings and the LM head stay in float (neither vLLM nor transformers reads them quantized in
   this format); every unquantized float tensor is stored in the same float16/bfloat16.
 - int8-dynamic: torchao `Int8DynamicActivationInt8WeightConfig` (per-token int8 activations);
@@ -37,14 +37,11 @@ INT8_GROUP = 32
 FLOAT16_SAFE = 1e4
 # int4 with an integer zero point per group (vLLM reads it: Marlin's uint4 with zero points).
 INT4_ASYMMETRIC = True
-# Recipe per bit width where calibration statistics are available (pruned builds: "rtn").
-INTEGER_RECIPES = {8: "weighted-rtn", 4: "gptq"}
+# The recipe where calibration statistics are available (pruned builds, or none: "rtn").
+WEIGHTED_RECIPE = "weighted-rtn"
 # Range search of a group's scale (see `_scale_trials`): the full-range scale / (1 - step / 256), steps
 # from 5/8 of it (the range clipped) to twice it (half the codes used).
 SCALE_TRIAL_STEPS = range(-160, 129, 2)
-# GPTQ: damping (fraction of the mean Hessian diagonal added to it) and columns per lazy-update block.
-GPTQ_DAMPING = 0.01
-GPTQ_BLOCK = 128
 
 
 @dataclass(frozen=True)
@@ -55,7 +52,7 @@ class QuantizationSummary:
     # Modules per mode label, e.g. {"int4-weight-only": 211}; `formats` says the same per layout.
     layers: dict[str, int]
     formats: dict[str, int] = field(default_factory=dict)
-    # Integer modes: the recipe ("gptq" or "rtn") and each quantized Linear layer's codes and scales.
+    # Integer modes: the recipe ("weighted-rtn" or "rtn") and each quantized Linear layer's codes and scales.
     recipe: str | None = None
     compressed: dict[str, IntWeight] = field(default_factory=dict, compare=False)
 
@@ -106,7 +103,8 @@ def quantize_model(
     `layers` counts the modules per format, e.g. {"int4-weight-only": 210}. In the integer weight-only
     modes the model keeps float layers holding the served (de-quantized) weights, and `compressed` the
     codes and scales weights.py writes. `pruned` (body Linear layers hold pruned zeros) keeps zero exact
-    (round to nearest instead of GPTQ). `hessians` (from `calibration_hessians`) turn on GPTQ.
+    (unweighted symmetric round to nearest). `hessians` (from `calibration_hessians`) weight the range
+    search by each layer's input energy.
     `converted`: the caller already turned the model's Conv1D layers into nn.Linear.
     fp8 expects the model on its CUDA device already.
     """
@@ -343,51 +341,6 @@ def quantize_rtn(
     )
 
 
-def quantize_gptq(
-    weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int, dtype: torch.dtype, symmetric: bool = True
-) -> IntWeight:
-    """GPTQ (Frantar et al. 2022): columns quantized left to right, each one's rounding error spread over
-    the columns not yet quantized through the inverse Hessian of the layer's inputs; a group's scale (and
-    zero point) is chosen by the range search, weighted by the Hessian's diagonal, when the sweep reaches
-    its first column."""
-    rows, cols = weight.shape
-    w = weight.detach().float().clone()
-    h = hessian.double().clone()
-    dead = torch.diag(h) == 0
-    h[dead, dead] = 1
-    w[:, dead] = 0
-    h += GPTQ_DAMPING * torch.diag(h).mean() * torch.eye(cols, dtype=h.dtype)
-    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True).float()
-    importance = input_energy(hessian)
-    codes = torch.zeros(rows, cols, dtype=torch.int8)
-    scales = torch.zeros(rows, cols // group_size, dtype=dtype)
-    zeros = torch.zeros(rows, cols // group_size)
-    block = max(GPTQ_BLOCK, group_size)
-    scale = zero = torch.zeros(rows)
-    for start in range(0, cols, block):
-        end = min(start + block, cols)
-        chunk = w[:, start:end].clone()
-        errors = torch.zeros_like(chunk)
-        inverse = hinv[start:end, start:end]
-        for i in range(end - start):
-            column = start + i
-            if column % group_size == 0:
-                group = chunk[:, i : i + group_size].reshape(rows, 1, group_size)
-                found_scale, found_zero = _group_params(
-                    group, importance[column : column + group_size][None], bits, symmetric, dtype
-                )
-                scales[:, column // group_size] = found_scale[:, 0]
-                zeros[:, column // group_size] = found_zero[:, 0]
-                scale, zero = found_scale[:, 0].float(), found_zero[:, 0]
-            q = _codes(chunk[:, i], scale, zero, bits)
-            codes[:, column] = q.to(torch.int8)
-            error = (chunk[:, i] - (q - zero) * scale) / inverse[i, i]
-            chunk[:, i:] -= error[:, None] * inverse[i, i:][None]
-            errors[:, i] = error
-        w[:, end:] -= errors @ hinv[start:end, end:]
-    return IntWeight(codes, scales, None if symmetric else zeros.to(torch.int8), bits, group_size)
-
-
 def _quantize_integer_weights(
     model: Any, mode: Mode, group_size: int, pruned: bool, hessians: dict[str, torch.Tensor] | None
 ) -> tuple[dict[str, IntWeight], dict[str, int], str]:
@@ -398,18 +351,16 @@ def _quantize_integer_weights(
     # symmetric (vLLM's Marlin kernels take no 8-bit zero points).
     symmetric = bits == 8 or pruned or not INT4_ASYMMETRIC
     dtype = storage_dtype(model)
-    # Measured on SmolLM2 (docs/builder.md): GPTQ for int4; for int8 the weighted range search keeps
-    # more arg-maxes (98.26% against GPTQ's 97.94%) and builds in a fraction of the time.
-    recipe = "rtn" if not hessians or pruned else INTEGER_RECIPES[bits]
+    # Measured on SmolLM2's held-out text (docs/builder.md), the weighted search is ahead of GPTQ in both
+    # widths; GPTQ fitted the calibration text far better than text it had not seen.
+    recipe = "rtn" if not hessians or pruned else WEIGHTED_RECIPE
     quantized: dict[str, IntWeight] = {}
     with torch.no_grad():
         for parameter in model.parameters():
             if parameter.is_floating_point():
                 parameter.data = parameter.data.to(dtype).float()
         for name, module in quantized_layers(model).items():
-            if recipe == "gptq" and hessians is not None:
-                weight = quantize_gptq(module.weight, hessians[name], bits, group, dtype, symmetric)
-            elif recipe == "weighted-rtn" and hessians is not None:
+            if recipe == WEIGHTED_RECIPE and hessians is not None:
                 weight = quantize_rtn(module.weight, bits, group, dtype, symmetric, input_energy(hessians[name]))
             else:
                 weight = quantize_rtn(module.weight, bits, group, dtype, symmetric)

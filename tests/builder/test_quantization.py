@@ -58,7 +58,7 @@ def test_compressed_tensors_reload_gives_the_builders_logits(
     result = build(checkpoint, tmp_path, BuildOptions(mode=mode, quality=LOOSE, warmup=False))
     bits, group = LAYOUT[mode]
     report = result.report
-    assert report["quantization"]["recipe"] == ("gptq" if bits == 4 else "weighted-rtn")
+    assert report["quantization"]["recipe"] == "weighted-rtn"
     # 2 blocks x 4 (GPT-2: Conv1D turned into Linear) or 7 (Llama) Linear layers; the LM head stays float.
     layers = 8 if architecture == "gpt2" else 14
     assert report["quantization"]["layers"] == {str(mode): layers}
@@ -96,7 +96,7 @@ def test_int4_size_and_what_stays_float(wide_llama: Path, tmp_path: Path) -> Non
     # 7 body layers at ~4.6 bits per weight (a float16 scale and a 4-bit zero point per group of 32); the
     # tied embedding / LM head (a sixth of the weights here) stays float16, which transformers does not
     # read quantized in this format.
-    assert report["quantization"]["formats"] == {"int4 group 32 asymmetric, float16 scale (gptq)": 7}
+    assert report["quantization"]["formats"] == {"int4 group 32 asymmetric, float16 scale (weighted-rtn)": 7}
     assert report["size"]["compression_ratio_vs_fp32"] >= 5.0
     # The gate measured what the python backend serves: the weights de-quantized once at load.
     assert report["quality"]["measured_on"].endswith(", de-quantized to float32 at load as served")
@@ -209,7 +209,7 @@ def test_sparsity_zeroes_the_requested_fraction_of_each_body_row(mode: Mode, tin
     assert pruning["sparsity"] == 0.5 and pruning["layers"] == 14
     assert pruning["pruned_weights"] == pruning["body_weights"] // 2
     # Measured on the served weights: the pruned zeros survive quantization exactly (round to nearest,
-    # symmetric codes; GPTQ would move them).
+    # symmetric codes; the weighted asymmetric search would move them).
     assert pruning["served_zero_fraction"] >= 0.5
     # int4 has 16 levels, one of them exactly zero, which small weights round to.
     assert dense.report["pruning"]["served_zero_fraction"] < (0.2 if mode is Mode.INT4_WEIGHT_ONLY else 0.01)
@@ -250,7 +250,7 @@ def test_the_quality_gate_reads_the_whole_evaluation_text(served_llama) -> None:
     tokenizer = load_model(served_llama.weights_dir).tokenizer
     assert quality["eval_tokens"] == len(tokenizer(EVAL_TEXT).input_ids) > 384
     assert quality["eval_predictions"] < quality["eval_tokens"]
-    # The GPTQ calibration text shares no paragraph, and no run of 8 words, with the evaluation text.
+    # The calibration text shares no paragraph, and no run of 8 words, with the evaluation text.
     assert not any(paragraph[:60] in CALIBRATION_TEXT for paragraph in PARAGRAPHS)
 
     def runs(text: str) -> set[tuple[str, ...]]:
