@@ -1,22 +1,32 @@
 """Serving benchmark: the in-flight engine against the static engine, on SmolLM2-135M as the demo builds it.
 
 Both engines are built from the same checkpoint with the same options (int8-weight-only, de-quantized
-at load, as examples/smollm2-int8-cpu.yaml), served one at a time by a real tritonserver on this
-machine's CPUs, and driven by the same closed-loop load: at each concurrency, that many clients send
-requests back to back until the level's requests are done. Prompts have mixed lengths (the trace's
-context lengths divided by 8, 16 to 384 tokens); output lengths come from the Azure LLM inference
-trace's `GeneratedTokens`, capped at 256 (--quick divides them by 4). Requests are greedy.
+at load, as examples/smollm2-int8-cpu.yaml), served by one real tritonserver on this machine's CPUs,
+and driven by the same closed-loop load: at each concurrency C, C clients send requests back to back.
+Prompts have mixed lengths (the trace's context lengths divided by 8, 16 to 384 tokens); output
+lengths come from the Azure LLM inference trace's `GeneratedTokens`, capped at 256 (--quick divides
+them by 4). Requests are greedy.
+
+Each level is measured at steady state, as guidellm's warm-up and cool-down do: the first C requests
+(the clients' simultaneous start, the burst) are warm-up, the next max(6, 2C) are measured, and the
+clients keep sending (cool-down, not measured) until every measured request has finished, so the
+concurrency holds at C while measured requests run. The burst's TTFT p95 is reported beside it.
+Tokens/s counts every output token that reached a client (warm-up and cool-down requests' too) from
+the first measured request's start to the last one's end, over that time; a streamed request's tokens
+arrive evenly between its first and last response, a static one's all at once.
 
 The in-flight engine is measured over gRPC streaming (TTFT: the first streamed response; TPOT: the
 time between the first and the last token over the tokens after the first). The static engine
 answers once per request (gRPC infer), so its TTFT is the whole request and its TPOT the request time
 over its tokens: what a client sees. Output tokens are counted with the model's tokenizer on the
-returned text, for both engines. One tritonserver holds both models and every level runs both
-engines back to back (the order swapped at each level), so load from elsewhere on the machine drifts
-over both alike. Peak RSS per replica: the model's python stub plus the tritonserver process. At
-concurrency 1 the plain generate() rate of the same weights in this process is the reference,
-measured just before. torch runs 1 thread per engine by default (--threads): on a shared 2-core
-machine, 2 threads per process thrash when other processes compete for the cores.
+returned text, for both engines. Every level runs both engines back to back (the order swapped at
+each level), so load from elsewhere on the machine drifts over both alike. Peak RSS per replica: the
+model's python stub plus the tritonserver process.
+
+Concurrency 1 is also compared with plain generate() of the same weights in this process, with as
+many torch threads as the engine: the two alternate request by request over the same requests, so
+both see the same machine, and the ratio of their decode rates (output tokens over the time after
+the first token) is reported.
 
     .venv/bin/python bench/serving_bench.py [--quick] [--out results.json]
 """
@@ -33,6 +43,7 @@ import random
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -78,8 +89,8 @@ def workload(trace: Path, tokenizer: Any, count: int, quick: bool, seed: int = 0
     return out
 
 
-def requests_at(concurrency: int) -> int:
-    return {1: 3, 4: 8}.get(concurrency, concurrency)
+def measured_requests(concurrency: int) -> int:
+    return max(6, 2 * concurrency)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -139,8 +150,16 @@ def _inputs(prompt: str, max_tokens: int, batched: bool, stream: bool) -> list[A
     return tensors
 
 
-def one_streamed(url: str, model: str, prompt: str, max_tokens: int) -> tuple[float, float, str]:
-    """(ttft, e2e, text) for one request of the in-flight engine over gRPC streaming."""
+@dataclass(frozen=True)
+class Answer:
+    ttft: float  # seconds from sending to the first response
+    e2e: float  # seconds from sending to the last response (or to leaving, when abandoned)
+    text: str  # what arrived
+    finished: bool  # False: abandoned before its final response
+
+
+def one_streamed(url: str, model: str, prompt: str, max_tokens: int, abandon: threading.Event | None = None) -> Answer:
+    """One request of the in-flight engine over gRPC streaming, cancelled when `abandon` is set first."""
     import tritonclient.grpc as grpcclient
 
     responses: queue.Queue[Any] = queue.Queue()
@@ -149,23 +168,34 @@ def one_streamed(url: str, model: str, prompt: str, max_tokens: int) -> tuple[fl
     started = time.perf_counter()
     client.async_stream_infer(model, _inputs(prompt, max_tokens, batched=False, stream=True))
     first = None
-    parts = []
+    parts: list[str] = []
+    cancel = False
     try:
         while True:
-            item = responses.get(timeout=600)
+            try:
+                item = responses.get(timeout=0.2)
+            except queue.Empty:
+                now = time.perf_counter()
+                if abandon is not None and abandon.is_set():
+                    cancel = True
+                    return Answer((first or now) - started, now - started, "".join(parts), finished=False)
+                if now > started + 600:
+                    raise TimeoutError(f"no answer from {model} in 600 s") from None
+                continue
             if isinstance(item, Exception):
                 raise item
             first = first or time.perf_counter()
             parts.append(item.as_numpy("text_output")[0].decode())
             if item.as_numpy("finish_reason") is not None:
-                return first - started, time.perf_counter() - started, "".join(parts)
+                return Answer(first - started, time.perf_counter() - started, "".join(parts), finished=True)
     finally:
-        client.stop_stream()
+        client.stop_stream(cancel_requests=cancel)
         client.close()
 
 
-def one_unary(url: str, model: str, prompt: str, max_tokens: int) -> tuple[float, float, str]:
-    """(ttft, e2e, text) for one request of the static engine: one response, so TTFT is the request."""
+def one_unary(url: str, model: str, prompt: str, max_tokens: int, abandon: threading.Event | None = None) -> Answer:
+    """One request of the static engine: one response, so TTFT is the request. A static batch cannot be
+    left, so `abandon` is not checked."""
     import tritonclient.grpc as grpcclient
 
     client = grpcclient.InferenceServerClient(url)
@@ -173,73 +203,130 @@ def one_unary(url: str, model: str, prompt: str, max_tokens: int) -> tuple[float
     result = client.infer(model, _inputs(prompt, max_tokens, batched=True, stream=False))
     elapsed = time.perf_counter() - started
     client.close()
-    return elapsed, elapsed, result.as_numpy("text_output").reshape(-1)[0].decode()
+    return Answer(elapsed, elapsed, result.as_numpy("text_output").reshape(-1)[0].decode(), finished=True)
+
+
+@dataclass(frozen=True)
+class Sent:
+    start: float
+    answer: Answer
+    tokens: int
+
+    def delivered(self, begin: float, end: float) -> float:
+        """Tokens that reached the client within [begin, end]: the first with the first response, the
+        rest evenly until the last one (a static answer brings all of them at once)."""
+        first, last = self.start + self.answer.ttft, self.start + self.answer.e2e
+        count = float(begin <= first <= end)
+        rest = self.tokens - 1
+        if rest > 0 and last > first:
+            count += rest * max(0.0, min(end, last) - max(begin, first)) / (last - first)
+        elif rest > 0 and begin <= last <= end:
+            count += rest
+        return count
 
 
 def run_level(
     url: str, model: str, engine: str, work: list[tuple[str, int]], concurrency: int, tokenizer: Any
 ) -> dict[str, Any]:
+    """Closed loop at `concurrency`: requests [0, C) are the warm-up burst, [C, C + M) are measured,
+    later ones are cool-down, sent until every measured request is done and then abandoned."""
     send = one_streamed if engine == "inflight" else one_unary
-    pending = iter(work)
+    measured = range(concurrency, concurrency + measured_requests(concurrency))
     lock = threading.Lock()
-    rows: list[tuple[float, float, int]] = []
+    issued = 0
+    done = threading.Event()
+    sent: dict[int, Sent] = {}
 
     def client() -> None:
-        while True:
+        nonlocal issued
+        while not done.is_set():
             with lock:
-                item = next(pending, None)
-            if item is None:
-                return
-            ttft, e2e, text = send(url, model, *item)
-            tokens = max(1, len(tokenizer(text, add_special_tokens=False)["input_ids"]))
+                index, issued = issued, issued + 1
+            prompt, max_tokens = work[index % len(work)]
+            started = time.perf_counter()
+            answer = send(url, model, prompt, max_tokens, done)
+            tokens = len(tokenizer(answer.text, add_special_tokens=False)["input_ids"]) if answer.text else 0
             with lock:
-                rows.append((ttft, e2e, tokens))
+                sent[index] = Sent(started, answer, max(tokens, 1) if answer.finished else tokens)
+                if all(i in sent for i in measured):
+                    done.set()
 
     threads = [threading.Thread(target=client) for _ in range(concurrency)]
-    started = time.perf_counter()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    wall = time.perf_counter() - started
-    ttfts = [ttft for ttft, _, _ in rows]
-    e2es = [e2e for _, e2e, _ in rows]
+    window = [sent[i] for i in measured]
+    # Throughput over the measured window counts every token delivered in it, warm-up and cool-down
+    # requests' included: the engine serves C requests at all times, not only the measured ones.
+    begin = min(item.start for item in window)
+    end = max(item.start + item.answer.e2e for item in window)
+    output_tokens = sum(item.delivered(begin, end) for item in sent.values())
+    ttfts = [item.answer.ttft for item in window]
+    e2es = [item.answer.e2e for item in window]
     if engine == "inflight":
-        tpots = [(e2e - ttft) / (tokens - 1) for ttft, e2e, tokens in rows if tokens > 1]
+        tpots = [(i.answer.e2e - i.answer.ttft) / (i.tokens - 1) for i in window if i.tokens > 1]
     else:
-        tpots = [e2e / tokens for _, e2e, tokens in rows]
+        tpots = [item.answer.e2e / item.tokens for item in window]
     return {
         "engine": engine,
         "concurrency": concurrency,
-        "requests": len(rows),
-        "output_tokens": sum(tokens for _, _, tokens in rows),
-        "wall_s": wall,
-        "tokens_per_s": sum(tokens for _, _, tokens in rows) / wall,
+        "requests": len(window),
+        "output_tokens": round(output_tokens),
+        "wall_s": end - begin,
+        "tokens_per_s": output_tokens / (end - begin),
         "ttft_p50_s": percentile(ttfts, 50),
         "ttft_p95_s": percentile(ttfts, 95),
         "tpot_p50_s": percentile(tpots, 50),
         "tpot_p95_s": percentile(tpots, 95),
         "e2e_p95_s": percentile(e2es, 95),
+        "burst_ttft_p95_s": percentile([sent[i].answer.ttft for i in range(concurrency)], 95),
     }
 
 
-def plain_generate_rate(weights: Path, work: list[tuple[str, int]], tokenizer: Any) -> float:
-    """Tokens/s of plain generate(), one request at a time, on the served weights."""
+def idle_cost(url: str, model: str, weights: Path, work: list[tuple[str, int]], tokenizer: Any) -> dict[str, float]:
+    """Decode tokens/s of plain generate() (in this process) and of the in-flight engine at
+    concurrency 1, alternating request by request over the same requests (the order swapped each time)."""
     from model_repo_builder.runtime import generate, load_model
 
-    loaded = load_model(weights, dequantize=True)
-    generate(loaded, ["Hello"], [4], [0.0], [1.0], [[]])  # warm-up
-    tokens = 0
-    started = time.perf_counter()
-    for prompt, max_tokens in work:
+    loaded = load_model(weights)
+
+    def plain(prompt: str, max_tokens: int) -> tuple[float, float, str]:
+        # generate() returns once, so its first token is timed by a one-token call on the same prompt.
+        started = time.perf_counter()
+        generate(loaded, [prompt], [1], [0.0], [1.0], [[]])
+        first = time.perf_counter() - started
+        started = time.perf_counter()
         (text,) = generate(loaded, [prompt], [max_tokens], [0.0], [1.0], [[]])
-        tokens += max(1, len(tokenizer(text, add_special_tokens=False)["input_ids"]))
-    return tokens / (time.perf_counter() - started)
+        return first, time.perf_counter() - started, text
+
+    def engine(prompt: str, max_tokens: int) -> tuple[float, float, str]:
+        answer = one_streamed(url, model, prompt, max_tokens)
+        return answer.ttft, answer.e2e, answer.text
+
+    plain("Hello", 4)
+    engine("Hello", 4)  # warm-up
+    seconds = {"generate": 0.0, "engine": 0.0}
+    tokens = dict.fromkeys(seconds, 0)
+    for index, (prompt, max_tokens) in enumerate(work):
+        order = (("generate", plain), ("engine", engine))
+        for name, run in order if index % 2 == 0 else reversed(order):
+            ttft, e2e, text = run(prompt, max_tokens)
+            count = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+            if count > 1:
+                seconds[name] += e2e - ttft
+                tokens[name] += count - 1
+    rates = {name: tokens[name] / seconds[name] for name in seconds}
+    return {
+        "generate_tokens_per_s": rates["generate"],
+        "engine_tokens_per_s": rates["engine"],
+        "ratio": rates["engine"] / rates["generate"],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="output lengths / 4 (about 6 minutes on 2 cores)")
+    parser.add_argument("--quick", action="store_true", help="output lengths / 4 (15 minutes on 2 cores; full: 40)")
     parser.add_argument("--work", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "batchline-serving-bench"))
     parser.add_argument("--threads", type=int, default=1, help="torch threads per engine (and for generate())")
     parser.add_argument("--max-batch-size", type=int, default=32, help="both engines: most requests batched")
@@ -261,13 +348,14 @@ def main(argv: list[str] | None = None) -> int:
     work_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = smollm2_checkpoint(work_dir)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    loads = {level: workload(args.trace, tokenizer, requests_at(level), args.quick, seed=level) for level in levels}
+    # Warm-up, measured and cool-down requests are distinct (a client's cool-down may reach C more).
+    counts = {level: 2 * level + measured_requests(level) for level in levels}
+    loads = {level: workload(args.trace, tokenizer, counts[level], args.quick, seed=level) for level in levels}
     passing = QualityThresholds(max_perplexity_increase=1.0, min_top1_agreement=0.0, min_cosine_similarity=0.0)
     builds = {}
     for engine in (Engine.INFLIGHT, Engine.STATIC):
         options = BuildOptions(
             mode=Mode.INT8_WEIGHT_ONLY,
-            dequantize_at_load=True,
             model_name=f"smollm2_{engine}",
             batching=BatchingOptions(max_batch_size=args.max_batch_size, max_queue_delay_microseconds=5000),
             torch_threads=args.threads,
@@ -280,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"built {engine} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
 
     rows: list[dict[str, Any]] = []
-    reference = None
+    idle: dict[str, float] | None = None
     # One server holds both models; each level runs one engine after the other (the order swapped at
     # every level), so that load from elsewhere on the machine drifts over both alike. An idle model
     # takes next to no CPU (the in-flight engine's loop sleeps on an event).
@@ -290,8 +378,9 @@ def main(argv: list[str] | None = None) -> int:
         sampler = RssSampler(server._process.pid, [builds[engine].model_name for engine in engines])
         for index, level in enumerate(levels):
             if level == 1:
-                reference = plain_generate_rate(builds[Engine.INFLIGHT].weights_dir, loads[1], tokenizer)
-                print(f"plain generate(): {reference:.1f} tokens/s", file=sys.stderr)
+                inflight = builds[Engine.INFLIGHT]
+                idle = idle_cost(server.grpc_url, inflight.model_name, inflight.weights_dir, loads[1], tokenizer)
+                print(json.dumps(idle), file=sys.stderr)
             for engine in engines if index % 2 == 0 else reversed(engines):
                 result = builds[engine]
                 row = run_level(server.grpc_url, result.model_name, str(engine), loads[level], level, tokenizer)
@@ -301,31 +390,32 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         row["peak_rss_mib"] = peaks[builds[Engine(row["engine"])].model_name] / 2**20
 
-    print(table(rows, reference, args.quick))
+    print(table(rows, idle, args.quick))
     if args.out:
-        Path(args.out).write_text(json.dumps({"rows": rows, "plain_generate_tokens_per_s": reference}, indent=2))
+        Path(args.out).write_text(json.dumps({"rows": rows, "concurrency_1_against_generate": idle}, indent=2))
     return 0
 
 
-def table(rows: list[dict[str, Any]], reference: float | None, quick: bool) -> str:
+def table(rows: list[dict[str, Any]], idle: dict[str, float] | None, quick: bool) -> str:
     lines = [
-        "| engine | concurrency | requests | output tokens/s | TTFT p50 / p95 (s) | TPOT p50 / p95 (s) "
-        "| e2e p95 (s) | peak RSS (MiB) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| engine | concurrency | measured requests | output tokens/s | TTFT p50 / p95 (s) | TPOT p50 / p95 (s) "
+        "| e2e p95 (s) | burst TTFT p95 (s) | peak RSS (MiB) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in sorted(rows, key=lambda r: (r["concurrency"], r["engine"])):
         lines.append(
             f"| {row['engine']} | {row['concurrency']} | {row['requests']} | {row['tokens_per_s']:.1f} "
             f"| {row['ttft_p50_s']:.2f} / {row['ttft_p95_s']:.2f} | {row['tpot_p50_s']:.3f} / {row['tpot_p95_s']:.3f} "
-            f"| {row['e2e_p95_s']:.2f} | {row.get('peak_rss_mib', 0):.0f} |"
+            f"| {row['e2e_p95_s']:.2f} | {row['burst_ttft_p95_s']:.2f} | {row.get('peak_rss_mib', 0):.0f} |"
         )
     by = {(row["engine"], row["concurrency"]): row for row in rows}
     notes = [f"workload: {'--quick (output lengths / 4)' if quick else 'full'}"]
-    if reference:
-        notes.append(f"plain generate() at concurrency 1: {reference:.1f} tokens/s")
-        if ("inflight", 1) in by:
-            share = by[("inflight", 1)]["tokens_per_s"] / reference
-            notes.append(f"goal c=1 >= 90% of generate(): {share:.0%} {'met' if share >= 0.9 else 'MISSED'}")
+    if idle:
+        share = idle["ratio"]
+        notes.append(
+            f"goal c=1 decode >= 90% of generate(): {share:.0%} ({idle['engine_tokens_per_s']:.1f} against "
+            f"{idle['generate_tokens_per_s']:.1f} tokens/s, alternating) {'met' if share >= 0.9 else 'MISSED'}"
+        )
     if ("inflight", 16) in by and ("static", 16) in by:
         new, old = by[("inflight", 16)], by[("static", 16)]
         ratio = new["tokens_per_s"] / old["tokens_per_s"]
@@ -336,7 +426,10 @@ def table(rows: list[dict[str, Any]], reference: float | None, quick: bool) -> s
             f"{'met' if better else 'MISSED'}"
         )
         fast = new["ttft_p95_s"] < 1.0
-        notes.append(f"goal c=16 TTFT p95 < 1 s: {new['ttft_p95_s']:.2f} s {'met' if fast else 'MISSED'}")
+        notes.append(
+            f"goal c=16 TTFT p95 < 1 s (steady state): {new['ttft_p95_s']:.2f} s {'met' if fast else 'MISSED'}; "
+            f"the starting burst of 16: {new['burst_ttft_p95_s']:.2f} s"
+        )
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {note}" for note in notes)
 
 
