@@ -229,14 +229,16 @@ def test_metrics_are_exported_and_move_under_load(triton: TritonServer) -> None:
     seen = {"requests_running": 0.0, "requests_waiting": 0.0, "kv_cache_blocks_used": 0.0}
     done = threading.Event()
 
+    answers: list[dict[str, Any]] = []
+
+    def ask(prompt: str) -> None:
+        status, body = http_post(triton, "generate", {"text_input": prompt, "max_tokens": 60})
+        assert status == 200, body
+        answers.append(json.loads(body))
+
     def load() -> None:
-        # More requests than the engine runs at once (max_batch_size 8), so some wait.
-        workers = [
-            threading.Thread(
-                target=http_post, args=(triton, "generate", {"text_input": PROMPTS[i % 3], "max_tokens": 60})
-            )
-            for i in range(12)
-        ]
+        # Three times as many requests as the engine runs at once (max_batch_size 8): some wait for a while.
+        workers = [threading.Thread(target=ask, args=(PROMPTS[i % 3],)) for i in range(24)]
         for worker in workers:
             worker.start()
         for worker in workers:
@@ -255,7 +257,10 @@ def test_metrics_are_exported_and_move_under_load(triton: TritonServer) -> None:
     for name in METRICS:
         if name.endswith(("_count", "_total")) and name != "kv_cache_blocks_total":
             assert after[name] > before[name], name
-    assert after["generation_tokens_total"] - before["generation_tokens_total"] == 12 * 60
+    # The counter holds what the clients got (a random model may end a request early at EOS).
+    assert len(answers) == 24
+    generated = sum(int(answer["completion_tokens"]) for answer in answers)
+    assert after["generation_tokens_total"] - before["generation_tokens_total"] == generated > 24 * 30
 
 
 def test_two_instances_serve_and_unload_cleanly(tiny_chat: Path, tmp_path: Path) -> None:
