@@ -237,10 +237,14 @@ def per_sequence_sdpa(
 
 
 def _use_per_sequence_attention(model: Any) -> bool:
-    """Switches a model that attends with SDPA over full causal layers to `per_sequence_sdpa`.
-    Sliding-window layers and soft-capped logits need transformers' masks, so those models keep them."""
+    """Switches a model on the CPU that attends with SDPA over full causal layers to `per_sequence_sdpa`.
+    Sliding-window layers and soft-capped logits need transformers' masks, so those models keep them;
+    on a GPU (measured only on the CPU) the one batched SDPA call stays, one call per sequence and
+    layer would cost a kernel launch and a host sync each."""
     from transformers import AttentionInterface
 
+    if next(model.parameters()).device.type != "cpu":
+        return False
     config = model.config.get_text_config()
     full_layers = all(kind == "full_attention" for kind in getattr(config, "layer_types", None) or ())
     plain = not getattr(config, "sliding_window", None) and not getattr(config, "attn_logit_softcapping", None)
