@@ -22,10 +22,15 @@ class FakePrometheus:
     series are absent (a Triton-only deployment)."""
 
     def __init__(
-        self, pending: float, latency_ms: float = 3000.0, up: bool = True, ttft_ms: float | None = None
+        self,
+        pending: float,
+        latency_ms: float = 3000.0,
+        up: bool = True,
+        ttft_ms: float | None = None,
+        rate: float = 2.0,
     ) -> None:
         self.pending, self.latency_ms, self.up, self.queries = pending, latency_ms, up, 0
-        self.ttft_ms = ttft_ms
+        self.ttft_ms, self.rate = ttft_ms, rate
 
     def custom_query(self, query: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         self.queries += 1
@@ -43,7 +48,7 @@ class FakePrometheus:
         elif "pending_request" in query:
             value = self.pending
         else:
-            value = 2.0  # request rate, mean latency and queue time
+            value = self.rate  # request rate, mean latency and queue time
         return [{"metric": LABELS, "value": [at, str(value)]}]
 
 
@@ -94,6 +99,18 @@ def test_an_unchanged_outage_does_not_rewrite_what_status_shows() -> None:
     prom.up = False
     second = scaler.tick(OBJ, current=2, ready=2, unschedulable=0, now=1015.0)
     assert (second.reason, second.metrics_detail) == (first.reason, first.metrics_detail)
+
+
+def test_a_hold_whose_reason_changes_shows_the_new_reason() -> None:
+    prom = FakePrometheus(pending=0, rate=0.0)
+    scaler = _scaler(prom)
+    scaler.refresh(now=1000.0)
+    idle = scaler.tick(OBJ, current=1, ready=1, unschedulable=0, now=1000.0)
+    assert idle.replicas == 1 and "no traffic" in idle.reason
+    prom.rate = 2.0  # traffic starts; still one replica
+    scaler.refresh(now=1015.0)
+    busy = scaler.tick(OBJ, current=1, ready=1, unschedulable=0, now=1015.0)
+    assert busy.replicas == 1 and "no traffic" not in busy.reason and "capacity not learnt" in busy.reason
 
 
 def test_each_decision_on_a_new_sample_is_recorded_once_with_a_code_fit_for_a_label() -> None:

@@ -8,6 +8,7 @@ replica count to apply to the Deployment; the LLMDeployment's spec is never touc
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -21,6 +22,7 @@ from batchline.autoscaler.prometheus import FetchResult, PrometheusLike
 from batchline.config import OperatorConfig
 from batchline.timestamps import rfc3339
 
+NUMBER = re.compile(r"\d+(\.\d+)?(e[-+]?\d+)?")
 LATENCY_REPORT_CHANGE = 0.1  # report a new observed latency only when it moved by more than this fraction
 
 
@@ -49,6 +51,11 @@ class _Memory:
 
 def _ms(value: float | None) -> int | None:
     return None if value is None or not math.isfinite(value) else round(value)
+
+
+def _words(reason: str) -> str:
+    """A reason without its figures."""
+    return NUMBER.sub("#", reason)
 
 
 def _reported(previous: int | None, observed: int | None) -> int | None:
@@ -152,10 +159,14 @@ class Scaler:
         previous = memory.view if memory else None
         scaled = replicas != current
         # Reason and detail carry figures (and error texts) that move every tick; status shows them
-        # anew only when the decision or the metrics' state changes, so an idle object is not rewritten.
+        # anew only when the decision, the metrics' state or the reason's words change (a hold for
+        # "no traffic" becoming a hold "within tolerance"), so a steady object is not rewritten.
         same = (
             previous
-            if previous and not scaled and (previous.replicas, previous.metrics) == (replicas, metrics.status)
+            if previous
+            and not scaled
+            and (previous.replicas, previous.metrics) == (replicas, metrics.status)
+            and (metrics.status is not Status.OK or _words(previous.reason) == _words(reason))
             else None
         )
         view = ScaleView(
