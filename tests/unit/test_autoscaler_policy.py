@@ -111,11 +111,14 @@ def test_growing_queue_scales_up_at_once_in_bounded_steps() -> None:
     assert "scale up 2->6" in burst.reason and "step limited" in burst.reason
 
 
-def test_queue_before_capacity_is_known_still_scales_up() -> None:
+def test_the_first_sample_gives_a_capacity_and_a_queue_on_it_scales_up() -> None:
+    """What the pool completed per ready replica is a lower bound of its capacity, known at once:
+    a queue on the very first sample is sized with it instead of waiting for a steady minute."""
     d = decide([sample(15, 1.0, pending=30)], 1, 1, SPEC, ScalerState(), 15)
-    assert d.replicas == 1 + SPEC.max_scale_up_step and "before capacity is known" in d.reason
-    starting = decide([sample(30, 1.0, pending=40)], 5, 1, SPEC, d.state, 30)
-    assert starting.replicas == 5  # earlier replicas are still starting: wait for them
+    assert d.state.capacity == 1.0
+    assert d.replicas == 2 and "backlog 30" in d.reason
+    starting = decide([sample(30, 1.0, pending=32)], 2, 1, SPEC, d.state, 30)
+    assert starting.replicas == 2  # the queue barely grew and a replica is starting: wait for it
 
 
 def test_replicas_still_starting_count_towards_capacity() -> None:
@@ -177,6 +180,12 @@ def test_latency_over_target_near_plan_cuts_capacity_and_sets_ceiling() -> None:
 def test_comfortable_latency_at_plan_raises_capacity() -> None:
     d = decide([sample(120, 4.0, latency=1000)], 4, 4, SPEC, learnt(1.0, 4), 120)
     assert d.state.capacity is not None and d.state.capacity > 1.0
+
+
+def test_no_probing_up_while_requests_wait() -> None:
+    """A lagging quantile can look comfortable while a queue builds: the queue wins."""
+    d = decide([sample(120, 4.0, pending=20, latency=1000)], 4, 4, SPEC, learnt(1.0, 4), 120)
+    assert d.state.capacity == 1.0
 
 
 def test_unsteady_pool_teaches_nothing() -> None:
@@ -279,6 +288,32 @@ def test_prompt_weight_is_measured_from_ttft_and_tpot_when_nothing_waits() -> No
     assert d.state.prompt_weight == pytest.approx(0.05)
     queued = decide([replace(s, pending=5.0, ttft_mean_ms=5000.0)], 1, 1, TTFT_SPEC, d.state, 15)
     assert queued.state.prompt_weight == pytest.approx(0.05)  # queueing inside TTFT teaches nothing
+
+
+def test_prompt_weight_is_measured_when_the_running_gauge_reads_zero() -> None:
+    """Short requests often leave the running gauge at 0 at the scrape: one sequence per replica."""
+    s = token_sample(0, 2.0, 2000, 200, running=0.0, ttft_mean=100.0, tpot_mean=2.0)
+    assert decide([s], 1, 1, TTFT_SPEC, ScalerState(), 0).state.prompt_weight == pytest.approx(0.05)
+
+
+def test_ticks_before_the_prompt_weight_is_known_do_not_blind_the_demand_window() -> None:
+    """Demand is unknown on a tick without the TTFT and TPOT means; the next tick with them
+    counts demand, and so learns capacity, at once rather than after the whole demand window."""
+    first = decide([token_sample(0, 2.0, 2000, 200, ttft_mean=NAN)], 1, 1, TTFT_SPEC, ScalerState(), 0)
+    assert first.state.prompt_weight is None and first.state.capacity is None
+    second = decide([token_sample(15, 2.0, 2000, 200)], 1, 1, TTFT_SPEC, first.state, 15)
+    assert second.state.capacity is not None and "output-token-equivalents/s" in second.reason
+
+
+def test_a_miss_with_requests_waiting_is_a_capacity_problem() -> None:
+    """TTFT twice the target while requests queue: cuts go on (more replicas would serve the queue)."""
+    state, replicas = tokens_learnt(300.0, 4), 4
+    for i in range(60):
+        now = 15.0 * i
+        s = token_sample(now, 4.0, 8000, 400, pending=50.0, running=float(replicas), ttft=2000.0, tpot=20.0)
+        d = decide([s], replicas, replicas, TTFT_SPEC, state, now)
+        state, replicas = d.state, d.replicas
+    assert not state.miss_not_load and replicas > 8
 
 
 def test_no_replicas_are_added_while_no_request_arrives() -> None:

@@ -102,15 +102,15 @@ def test_an_unchanged_outage_does_not_rewrite_what_status_shows() -> None:
 
 
 def test_a_hold_whose_reason_changes_shows_the_new_reason() -> None:
-    prom = FakePrometheus(pending=0, rate=0.0)
+    prom = FakePrometheus(pending=0, rate=0.0, latency_ms=500.0)
     scaler = _scaler(prom)
     scaler.refresh(now=1000.0)
     idle = scaler.tick(OBJ, current=1, ready=1, unschedulable=0, now=1000.0)
     assert idle.replicas == 1 and "no traffic" in idle.reason
-    prom.rate = 2.0  # traffic starts; still one replica
+    prom.rate = 2.0  # traffic starts, well within the latency target: still one replica
     scaler.refresh(now=1015.0)
     busy = scaler.tick(OBJ, current=1, ready=1, unschedulable=0, now=1015.0)
-    assert busy.replicas == 1 and "no traffic" not in busy.reason and "capacity not learnt" in busy.reason
+    assert busy.replicas == 1 and "no traffic" not in busy.reason and "per replica" in busy.reason
 
 
 def test_each_decision_on_a_new_sample_is_recorded_once_with_a_code_fit_for_a_label() -> None:

@@ -168,8 +168,11 @@ def decide(
     arrival = _arrival_rate(sample, completed, state)
     keep = max(sample.window_s, spec.demand_window_seconds)
     history = (*(h for h in state.history if h[0] > now - keep), (now, sample.in_flight(), arrival))
-    mean = sum(a for _, _, a in history) / len(history)
-    demand = mean + BURST_HEADROOM * (max(a for _, _, a in history) - mean)
+    # Arrivals are NaN while the prompt-token weight is unknown (the first samples): those ticks are
+    # left out rather than making the whole window unknown.
+    known = [a for _, _, a in history if math.isfinite(a)]
+    mean = sum(known) / len(known) if known else NAN
+    demand = mean + BURST_HEADROOM * (max(known) - mean) if known else NAN
     state = _learn_capacity(state, sample, demand, ready_replicas, current_replicas, spec, now)
     raw, why = _recommend(sample, demand, arrival, current_replicas, ready_replicas, spec, state, now)
     window = max(spec.scale_up_stabilization_seconds, spec.scale_down_stabilization_seconds)
@@ -231,8 +234,9 @@ def _learn_prompt_weight(state: ScalerState, sample: MetricSample, ready: int) -
         return state
     if sample.pending > 0 and state.prompt_weight is not None:
         return state
-    values = (sample.ttft_mean_ms, sample.tpot_mean_ms, sample.running, sample.prompt_tokens_rate)
-    if not all(math.isfinite(v) and v > 0 for v in values):
+    values = (sample.ttft_mean_ms, sample.tpot_mean_ms, sample.prompt_tokens_rate)
+    # The running gauge is read at one instant; short requests often leave it at 0 between them.
+    if not all(math.isfinite(v) and v > 0 for v in values) or not math.isfinite(sample.running):
         return state
     per_prompt_token = sample.ttft_mean_ms / (sample.prompt_tokens_rate / sample.request_rate)
     per_output_token = sample.tpot_mean_ms / max(1.0, sample.running / ready)
@@ -275,38 +279,44 @@ def _learn_capacity(
 ) -> ScalerState:
     """Per-replica demand that the pool serves within every SLO, learnt from what it just did.
 
-    Only a steady pool teaches: every replica ready, and the ready count unchanged for the
-    window that rates and quantiles span (a pool that changed size inside it mixes two sizes).
-    The first estimate is the observed per-replica rate (a lower bound). The operating point is
+    The first estimate is the rate the window completed per ready replica, from the first sample
+    that has one, steady pool or not: a lower bound either way. After it only a steady pool
+    teaches: every replica ready, and the ready count unchanged for the window that rates and
+    quantiles span (a pool that changed size inside it mixes two sizes). The operating point is
     the average demand per ready replica, the figure the sizing uses, so bursts inside the demand
     window count against capacity. `pressure` is the worst observed/target ratio.
 
-    * Every SLO well met, at a load close enough to plan, raises the estimate; the farther
-      under target, the bigger the step and the farther below plan it may start.
+    * Every SLO well met, at a load close enough to plan, with nothing waiting, raises the
+      estimate; the farther under target, the bigger the step and the farther below plan it may
+      start. Requests waiting say the pool is at its limit whatever a lagging quantile says.
     * An SLO missed at a load the estimate called fine cuts it, at most once per window so a cut
       shows before the next. The estimate that failed becomes a ceiling, so the search does not
       repeat at constant load; it lapses once the demand moves by 2x tolerance.
     * A miss at a load above plan says nothing: the pool was known to be short.
     * A miss that does not ease after a cut, although the load per replica fell by more than the
-      tolerance, is not a capacity problem (a TTFT target shorter than reading the longest prompts
-      takes): the cut is undone, no more cuts follow, and the miss no longer holds scale-down, until
+      tolerance and nothing waits, is not a capacity problem (a TTFT target shorter than reading the
+      longest prompts takes): the cut is undone, no more cuts follow, and the miss no longer holds scale-down, until
       every SLO is met again.
     """
     ratio, _ = pressure(sample, spec)
     steady = ready == current and now - state.ready_since >= sample.window_s
     completed = _work(sample, state)
-    if not steady or ready <= 0 or not completed > 0 or not math.isfinite(ratio) or not math.isfinite(demand):
+    if ready <= 0 or not completed > 0 or not math.isfinite(ratio) or not math.isfinite(demand):
         return state
     capacity, ceiling = state.capacity, state.capacity_ceiling
     if capacity is None:
+        # What the window completed per ready replica: a lower bound, so a changing pool may give it too.
         first = completed / ready * max(MAX_CAPACITY_CUT, min(1.0, 1 / ratio))
         return replace(state, capacity=first, capacity_cut_at=now)
+    if not steady:
+        return state
     per_replica = demand / ready
     if ceiling is not None and abs(demand - state.ceiling_demand) > 2 * spec.tolerance * state.ceiling_demand:
         ceiling = None  # the load has moved since that miss: the ceiling no longer applies
     comfortable = ratio < 1 - 2 * spec.tolerance
     reach = min(1 - 2 * spec.tolerance, max(MIN_PROBE_REACH, PROBE_REACH * ratio))
-    if comfortable and per_replica >= capacity * reach:
+    # Requests waiting say the pool is at its limit, whatever a lagging quantile says: no probing then.
+    if comfortable and per_replica >= capacity * reach and sample.pending < 1:
         capacity = max(capacity, per_replica) * (1 + min(MAX_PROBE_STEP, PROBE_STEP / ratio))
         if ceiling is not None:
             capacity = max(per_replica, min(capacity, ceiling * (1 - spec.tolerance)))
@@ -314,9 +324,10 @@ def _learn_capacity(
     if ratio <= 1:  # every SLO met: a later miss is judged afresh
         state = replace(state, cut_from=None, miss_not_load=False)
     near_plan = per_replica <= capacity * (1 + spec.tolerance)
-    if ratio > 1 + spec.tolerance and near_plan and now - state.capacity_cut_at >= sample.window_s:
+    if ratio > 1 and near_plan and now - state.capacity_cut_at >= sample.window_s:
         if (
             state.cut_from is not None
+            and sample.pending < 1  # requests waiting: more replicas would serve them sooner
             and per_replica < state.cut_per_replica * (1 - spec.tolerance)
             and ratio >= state.cut_pressure * (1 - spec.tolerance)
         ):
@@ -374,7 +385,7 @@ def _recommend(
     )
     ratio = need / (capacity * max(current, 1))
     ratio_now, kind = pressure(sample, spec)
-    missed = ratio_now > 1 + spec.tolerance and not state.miss_not_load
+    missed = ratio_now > 1 and not state.miss_not_load
     if (ratio > 1 + spec.tolerance or current == 0) and arrival == 0:
         return current, why + "; no requests arriving: nothing to add"
     if ratio > 1 + spec.tolerance or current == 0:
