@@ -9,8 +9,8 @@ burst and undershoots when idle. The policy instead
   see `_learn_prompt_weight`), so a shift of prompt or output lengths is a shift of demand, not
   of capacity; without token counters (the static engine) demand is requests/s;
 * estimates arrivals (completions plus the change in requests in flight) and sizes for their mean
-  over `demandWindowSeconds` plus a quarter of the way to their peak in that window, so short
-  bursts are partly ridden out instead of chased with replicas that would be ready only after them;
+  over `demandWindowSeconds`, so bursts shorter than a cold start are ridden out by the queue (and
+  the backlog term below) instead of chased with replicas that would be ready only after them;
 * learns the work/s one ready replica serves within every SLO that is set (end-to-end latency,
   time to first token, time per output token) from the pool's own samples (`_learn_capacity`);
 * adds the backlog that will be left when a replica started now is ready (cold start), to be
@@ -42,9 +42,6 @@ PROBE_REACH = 2.0
 MIN_PROBE_REACH = 0.5
 # An over-target sample cuts the estimate by sqrt(1 / pressure), but by at most half.
 MAX_CAPACITY_CUT = 0.5
-# Sizing demand: the mean arrival rate over the demand window plus this share of the way to its
-# peak, for bursts shorter than a cold start (tuned on the Azure code trace, the only tuning set).
-BURST_HEADROOM = 0.25
 # The prompt-token weight (a prompt token's cost in output tokens) follows its measurements with
 # this gain per tick (a time constant of about 2.5 minutes at a 15 s tick), within these bounds.
 PROMPT_WEIGHT_GAIN = 0.1
@@ -171,8 +168,7 @@ def decide(
     # Arrivals are NaN while the prompt-token weight is unknown (the first samples): those ticks are
     # left out rather than making the whole window unknown.
     known = [a for _, _, a in history if math.isfinite(a)]
-    mean = sum(known) / len(known) if known else NAN
-    demand = mean + BURST_HEADROOM * (max(known) - mean) if known else NAN
+    demand = sum(known) / len(known) if known else NAN
     state = _learn_capacity(state, sample, demand, ready_replicas, current_replicas, spec, now)
     raw, why = _recommend(sample, demand, arrival, current_replicas, ready_replicas, spec, state, now)
     window = max(spec.scale_up_stabilization_seconds, spec.scale_down_stabilization_seconds)
