@@ -291,8 +291,8 @@ def _learn_capacity(
     * A miss at a load above plan says nothing: the pool was known to be short.
     * A miss that does not ease after a cut, although the load per replica fell by more than the
       tolerance and nothing waits, is not a capacity problem (a TTFT target shorter than reading the
-      longest prompts takes): the cut is undone, no more cuts follow, and the miss no longer holds scale-down, until
-      every SLO is met again.
+      longest prompts takes): the cut is undone, no more cuts follow, and the miss no longer holds
+      scale-down, until every SLO is met again.
     """
     ratio, _ = pressure(sample, spec)
     steady = ready == current and now - state.ready_since >= sample.window_s
