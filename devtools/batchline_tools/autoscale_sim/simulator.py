@@ -68,13 +68,13 @@ class ReplicaProfile:
 # H100-class replica serving an 8B model in bf16 (derivation and sources in docs/autoscaling.md).
 H100_8B = ReplicaProfile()
 # SmolLM2-135M on this CPU under the in-flight engine's defaults (a step reads at most 512 tokens,
-# 8 requests run together, 8,192 KV tokens); step costs fitted to bench/serving_bench.py's figures in
-# docs/builder.md (one torch thread per engine, a busy machine): see docs/autoscaling.md.
+# 8 requests run together, 8,192 KV tokens); step costs fitted to bench/serving_bench.py's in-flight
+# rows in docs/builder.md (one torch thread per engine, two cores): see docs/autoscaling.md.
 CPU_SMOLLM2 = ReplicaProfile(
     name="cpu-smollm2-135m",
-    step_overhead_ms=100.0,
-    prefill_ms_per_token=1.1,
-    decode_ms_per_seq=6.3,
+    step_overhead_ms=78.0,
+    prefill_ms_per_token=0.65,
+    decode_ms_per_seq=8.2,
     kv_ms_per_1k_tokens=1.0,
     max_batch_tokens=512,
     max_num_seqs=8,
