@@ -14,13 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
 from model_repo_builder import BatchingOptions, BuildOptions, Mode, TritonServer, build
 from model_repo_builder.builder import BuildResult
 from model_repo_builder.runtime import generate, load_model
+from tests.triton_inputs import grpc_inputs
 
 from .conftest import LOOSE, THREADS
 
@@ -48,29 +48,6 @@ def wait_until(condition: Callable[[], Any], what: str, deadline_s: float = DEAD
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.02)
     return result
-
-
-def grpc_inputs(prompt: str | None = None, messages: list[dict] | None = None, **settings: Any) -> list:
-    tensors = []
-
-    def add(name: str, datatype: str, value: np.ndarray) -> None:
-        tensor = grpcclient.InferInput(name, list(value.shape), datatype)
-        tensor.set_data_from_numpy(value)
-        tensors.append(tensor)
-
-    if prompt is not None:
-        add("text_input", "BYTES", np.array([prompt.encode()], dtype=np.object_))
-    if messages is not None:
-        add("messages", "BYTES", np.array([json.dumps(messages).encode()], dtype=np.object_))
-    types = {"max_tokens": ("INT32", np.int32), "temperature": ("FP32", np.float32), "top_p": ("FP32", np.float32)}
-    types |= {"seed": ("INT64", np.int64), "stream": ("BOOL", np.bool_)}
-    for name, value in settings.items():
-        if name == "stop":
-            add("stop", "BYTES", np.array([item.encode() for item in value], dtype=np.object_))
-        else:
-            datatype, dtype = types[name]
-            add(name, datatype, np.array([value], dtype=dtype))
-    return tensors
 
 
 def stream(url: str, inputs: list, cancel_after: int | None = None) -> list[dict[str, Any]]:

@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from kubernetes import client
@@ -29,6 +28,7 @@ from devcluster.operator_process import OperatorProcess
 from devcluster.prometheus import PrometheusServer, ScrapeTarget
 from model_repo_builder import BatchingOptions, BuildOptions, QualityThresholds, TritonServer, build
 from tests.integration.conftest import OPERATOR_ENV, REPO, LLMDs, wait_for
+from tests.triton_inputs import grpc_inputs
 
 pytestmark = [pytest.mark.cluster, pytest.mark.triton, pytest.mark.prometheus, pytest.mark.torch]
 
@@ -86,7 +86,8 @@ class Load:
         triton.start_stream(callback=lambda result, error: responses.put(error or result))
         try:
             while not self.stop.is_set():
-                triton.async_stream_infer(MODEL, _inputs(f"Request {index}-{self.done}: tell a long story"))
+                prompt = f"Request {index}-{self.done}: tell a long story"
+                triton.async_stream_infer(MODEL, grpc_inputs(prompt, max_tokens=MAX_TOKENS, stream=True))
                 while True:
                     item = responses.get(timeout=120)
                     if isinstance(item, Exception):
@@ -108,20 +109,6 @@ class Load:
         self.stop.set()
         for t in self.threads:
             t.join(timeout=120)
-
-
-def _inputs(prompt: str) -> list[grpcclient.InferInput]:
-    values = {
-        "text_input": ("BYTES", np.array([prompt.encode()], dtype=np.object_)),
-        "max_tokens": ("INT32", np.array([MAX_TOKENS], dtype=np.int32)),
-        "stream": ("BOOL", np.array([True], dtype=np.bool_)),
-    }
-    tensors = []
-    for name, (datatype, value) in values.items():
-        tensor = grpcclient.InferInput(name, list(value.shape), datatype)
-        tensor.set_data_from_numpy(value)
-        tensors.append(tensor)
-    return tensors
 
 
 # Exported only once a pass has raised (its label is the exception's class), which none does here.
