@@ -137,6 +137,20 @@ def _exported(port: int) -> set[str]:
     return out
 
 
+def _passes(port: int, namespace: str, name: str) -> float:
+    """Successful reconcile passes the operator counted for one LLMDeployment (each tick makes one)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "batchline_reconcile_total"
+        and s.labels.get("namespace") == namespace
+        and s.labels.get("llmdeployment") == name
+        and s.labels.get("result") == "success"
+    )
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -235,7 +249,9 @@ def test_scales_up_under_load_down_when_idle_and_holds_without_prometheus(
             )
             assert cond["status"] == "False" and "held at" in cond["message"]
             held = _replicas(kube, namespace, "chat")
-            time.sleep(3 * TICK)  # a hold is the absence of a change: watched for three ticks
+            # A hold is the absence of a change: watched over three more passes, each of which decided it.
+            passes = _passes(metrics_port, namespace, "chat")
+            wait_for(lambda: _passes(metrics_port, namespace, "chat") >= passes + 3, timeout=60, what="3 passes")
             assert _replicas(kube, namespace, "chat") == held > 1, "replicas must hold while Prometheus is down"
         idle_from = time.monotonic()
         assert load.done > 0 and not load.errors, load.errors[:3]
