@@ -177,6 +177,24 @@ def test_latency_over_target_near_plan_cuts_capacity_and_sets_ceiling() -> None:
     assert d.replicas > 4
 
 
+def test_a_failed_estimate_stays_a_ceiling_when_the_load_moves() -> None:
+    """After a miss at 1 req/s per replica, a busier but comfortable pool probes up to the ceiling, not past
+    it: the ceiling used to lapse whenever the demand moved by 2x tolerance, so bursty traffic ran into
+    the same miss again and again."""
+    missed = decide([sample(120, 4.0, latency=40_000)], 4, 4, SPEC, learnt(1.0, 4), 120)
+    assert missed.state.capacity_ceiling == pytest.approx(1.0)
+    later = run_ticks(missed.state, missed.replicas, 6.0, 135, 80, latency=lambda _: 1000.0)
+    assert max(d.state.capacity or 0 for d in later) == pytest.approx(0.9)  # ceiling x (1 - tolerance)
+    assert min(d.replicas for d in later) >= 7  # never shrunk into the load per replica that missed
+
+
+def test_a_ceiling_lapses_when_the_pool_serves_more_than_it_within_target() -> None:
+    state = replace(learnt(0.9, 4), capacity_ceiling=1.0)
+    d = decide([sample(120, 4.4, latency=1000)], 4, 4, SPEC, state, 120)  # 1.1 per replica, far under target
+    assert d.state.capacity_ceiling is None
+    assert d.state.capacity is not None and d.state.capacity > 1.1
+
+
 def test_comfortable_latency_at_plan_raises_capacity() -> None:
     d = decide([sample(120, 4.0, latency=1000)], 4, 4, SPEC, learnt(1.0, 4), 120)
     assert d.state.capacity is not None and d.state.capacity > 1.0

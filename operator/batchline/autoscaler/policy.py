@@ -101,7 +101,6 @@ class ScalerState:
     unit: str = TOKENS  # what demand and capacity are counted in: TOKENS or REQUESTS
     capacity: float | None = None  # demand (in `unit`) one ready replica serves within every SLO
     capacity_ceiling: float | None = None  # an estimate that was seen to miss an SLO
-    ceiling_demand: float = 0.0  # total demand when the ceiling was set
     capacity_cut_at: float = 0.0  # when a missed SLO last cut `capacity`
     cut_from: float | None = None  # `capacity` before the last cut
     cut_pressure: float = 0.0  # pressure that caused the last cut
@@ -286,8 +285,10 @@ def _learn_capacity(
       estimate; the farther under target, the bigger the step and the farther below plan it may
       start. Requests waiting say the pool is at its limit whatever a lagging quantile says.
     * An SLO missed at a load the estimate called fine cuts it, at most once per window so a cut
-      shows before the next. The estimate that failed becomes a ceiling, so the search does not
-      repeat at constant load; it lapses once the demand moves by 2x tolerance.
+      shows before the next. The estimate that failed becomes a ceiling that later probes stay
+      under, so the search does not run into the same miss again whenever the load moves; it
+      lapses only on evidence against it: a steady pool serving at least that much per replica
+      with every SLO well met and nothing waiting.
     * A miss at a load above plan says nothing: the pool was known to be short.
     * A miss that does not ease after a cut, although the load per replica fell by more than the
       tolerance and nothing waits, is not a capacity problem (a TTFT target shorter than reading the
@@ -307,9 +308,9 @@ def _learn_capacity(
     if not steady:
         return state
     per_replica = demand / ready
-    if ceiling is not None and abs(demand - state.ceiling_demand) > 2 * spec.tolerance * state.ceiling_demand:
-        ceiling = None  # the load has moved since that miss: the ceiling no longer applies
     comfortable = ratio < 1 - 2 * spec.tolerance
+    if ceiling is not None and comfortable and per_replica >= ceiling and sample.pending < 1:
+        ceiling = None  # the pool just served what the ceiling said it could not: that miss was not capacity
     reach = min(1 - 2 * spec.tolerance, max(MIN_PROBE_REACH, PROBE_REACH * ratio))
     # Requests waiting say the pool is at its limit, whatever a lagging quantile says: no probing then.
     if comfortable and per_replica >= capacity * reach and sample.pending < 1:
@@ -339,7 +340,6 @@ def _learn_capacity(
             state,
             capacity=capacity * max(MAX_CAPACITY_CUT, math.sqrt(1 / ratio)),
             capacity_ceiling=capacity if ceiling is None else min(ceiling, capacity),
-            ceiling_demand=demand,
             capacity_cut_at=now,
             cut_from=capacity,
             cut_pressure=ratio,
