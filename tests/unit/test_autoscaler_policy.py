@@ -362,3 +362,15 @@ def test_a_miss_that_more_replicas_do_not_ease_stops_adding_them() -> None:
         counts.append(replicas)
     assert max(counts) <= 8, counts
     assert state.miss_not_load and "no scale-down" not in d.reason
+
+
+def test_rising_load_after_a_cut_is_not_read_as_a_miss_more_replicas_cannot_fix() -> None:
+    """After a cut the load rises: the 300 s mean per replica still looks lower than at the cut, but the
+    minute the quantile covers had more per replica. The miss is load, so it keeps holding scale-down and
+    cuts again, rather than being written off (which had the pool shrink into a miss that never ended)."""
+    window = tuple((300.0 - 15 * k, 0.0, 3.0) for k in range(19, 0, -1))  # 3 req/s for the last 5 minutes
+    state = replace(learnt(0.6, 5), cut_from=1.0, cut_pressure=4.0, cut_per_replica=1.0, history=window)
+    d = decide([sample(300, 5.5, latency=40_000)], 5, 5, SPEC, state, 300)  # now 1.1 per replica
+    assert not d.state.miss_not_load
+    assert d.state.capacity is not None and d.state.capacity < 0.6
+    assert d.replicas > 5

@@ -168,7 +168,7 @@ def decide(
     # left out rather than making the whole window unknown.
     known = [a for _, _, a in history if math.isfinite(a)]
     demand = sum(known) / len(known) if known else NAN
-    state = _learn_capacity(state, sample, demand, ready_replicas, current_replicas, spec, now)
+    state = _learn_capacity(state, sample, demand, arrival, ready_replicas, current_replicas, spec, now)
     raw, why = _recommend(sample, demand, arrival, current_replicas, ready_replicas, spec, state, now)
     window = max(spec.scale_up_stabilization_seconds, spec.scale_down_stabilization_seconds)
     recommendations = tuple((t, n) for t, n in (*state.recommendations, (now, raw)) if t >= now - window)
@@ -267,6 +267,7 @@ def _learn_capacity(
     state: ScalerState,
     sample: MetricSample,
     demand: float,
+    arrival: float,
     ready: int,
     current: int,
     spec: AutoscalingSpec,
@@ -291,7 +292,8 @@ def _learn_capacity(
       with every SLO well met and nothing waiting.
     * A miss at a load above plan says nothing: the pool was known to be short.
     * A miss that does not ease after a cut, although the load per replica fell by more than the
-      tolerance and nothing waits, is not a capacity problem (a TTFT target shorter than reading the
+      tolerance (both the demand window's mean and the last rate window's arrivals: the mean lags
+      a rise) and nothing waits, is not a capacity problem (a TTFT target shorter than reading the
       longest prompts takes): the cut is undone, no more cuts follow, and the miss no longer holds
       scale-down, until every SLO is met again.
     """
@@ -325,7 +327,7 @@ def _learn_capacity(
         if (
             state.cut_from is not None
             and sample.pending < 1  # requests waiting: more replicas would serve them sooner
-            and per_replica < state.cut_per_replica * (1 - spec.tolerance)
+            and max(demand, arrival) / ready < state.cut_per_replica * (1 - spec.tolerance)
             and ratio >= state.cut_pressure * (1 - spec.tolerance)
         ):
             # Less load per replica since the last cut, and the miss is no smaller: the SLO misses for
