@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,6 +13,8 @@ from typing import Any
 
 import pytest
 from kubernetes import client, config
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
 
 from batchline import api
 from devcluster.operator_process import OperatorProcess
@@ -76,13 +79,33 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("model-cache")
 
 
-@pytest.fixture(scope="session")
-def operator_metrics_port() -> int:
-    """A free port for the test operator's /metrics."""
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def operator_metrics(port: int) -> list[Metric]:
+    """The metric families an operator exports on its /metrics."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return list(text_string_to_metric_families(text))
+
+
+def reconcile_passes(port: int, namespace: str, name: str) -> float:
+    """Successful reconcile passes of one LLMDeployment so far (every autoscaler tick makes one)."""
+    wanted = {"namespace": namespace, "llmdeployment": name, "result": "success"}
+    for family in operator_metrics(port):
+        for sample in family.samples:
+            if sample.name == "batchline_reconcile_total" and wanted.items() <= sample.labels.items():
+                return sample.value
+    return 0.0
+
+
+@pytest.fixture(scope="session")
+def operator_metrics_port() -> int:
+    """A free port for the test operator's /metrics."""
+    return free_port()
 
 
 @pytest.fixture(scope="session")

@@ -9,10 +9,8 @@ from __future__ import annotations
 import json
 import queue
 import re
-import socket
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,14 +18,21 @@ from typing import Any
 import pytest
 import tritonclient.grpc as grpcclient
 from kubernetes import client
-from prometheus_client.parser import text_string_to_metric_families
 
 from batchline.autoscaler.policy import TOKENS
 from batchline.report import metrics
 from devcluster.operator_process import OperatorProcess
 from devcluster.prometheus import PrometheusServer, ScrapeTarget
 from model_repo_builder import BatchingOptions, BuildOptions, QualityThresholds, TritonServer, build
-from tests.integration.conftest import OPERATOR_ENV, REPO, LLMDs, wait_for
+from tests.integration.conftest import (
+    OPERATOR_ENV,
+    REPO,
+    LLMDs,
+    free_port,
+    operator_metrics,
+    reconcile_passes,
+    wait_for,
+)
 from tests.triton_inputs import grpc_inputs
 
 pytestmark = [pytest.mark.cluster, pytest.mark.triton, pytest.mark.prometheus, pytest.mark.torch]
@@ -129,33 +134,11 @@ def _operator_metrics_shown_to_users() -> set[str]:
 
 
 def _exported(port: int) -> set[str]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     out = set()
-    for family in text_string_to_metric_families(text):
+    for family in operator_metrics(port):
         if family.samples:
             out |= {family.name} | {s.name for s in family.samples}
     return out
-
-
-def _passes(port: int, namespace: str, name: str) -> float:
-    """Successful reconcile passes the operator counted for one LLMDeployment (each tick makes one)."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    return sum(
-        s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == "batchline_reconcile_total"
-        and s.labels.get("namespace") == namespace
-        and s.labels.get("llmdeployment") == name
-        and s.labels.get("result") == "success"
-    )
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _replicas(kube: client.ApiClient, namespace: str, name: str) -> int:
@@ -174,7 +157,7 @@ def test_scales_up_under_load_down_when_idle_and_holds_without_prometheus(
 ) -> None:
     labels = {"namespace": namespace, "batchline_dev_llmdeployment": "chat"}
     prometheus = PrometheusServer([ScrapeTarget(f"127.0.0.1:{triton.metrics_port}", labels)]).start()
-    metrics_port = _free_port()
+    metrics_port = free_port()
     operator = OperatorProcess(
         Path(cluster.operator_kubeconfig),
         tmp_path / "operator.log",
@@ -250,8 +233,10 @@ def test_scales_up_under_load_down_when_idle_and_holds_without_prometheus(
             assert cond["status"] == "False" and "held at" in cond["message"]
             held = _replicas(kube, namespace, "chat")
             # A hold is the absence of a change: watched over three more passes, each of which decided it.
-            passes = _passes(metrics_port, namespace, "chat")
-            wait_for(lambda: _passes(metrics_port, namespace, "chat") >= passes + 3, timeout=60, what="3 passes")
+            passes = reconcile_passes(metrics_port, namespace, "chat")
+            wait_for(
+                lambda: reconcile_passes(metrics_port, namespace, "chat") >= passes + 3, timeout=60, what="3 passes"
+            )
             assert _replicas(kube, namespace, "chat") == held > 1, "replicas must hold while Prometheus is down"
         idle_from = time.monotonic()
         assert load.done > 0 and not load.errors, load.errors[:3]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,14 +12,13 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes import client
-from prometheus_client.parser import text_string_to_metric_families
 
 from batchline import api
 from devcluster.audit import write_events
 from devcluster.identities import OPERATOR_USER
 from devcluster.nodes import NodeSpec
 from devcluster.operator_process import OperatorProcess
-from tests.integration.conftest import REPO, TINY_CHECKPOINT, LLMDs, kubectl, wait_for
+from tests.integration.conftest import REPO, TINY_CHECKPOINT, LLMDs, kubectl, reconcile_passes, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("operator")]
 
@@ -96,27 +94,16 @@ def test_create_builds_owned_children_ready_pods_and_status(
     assert table[12:14] == ["True", "Ready"]  # P95 stays empty without traffic
 
 
-def _passes(port: int, namespace: str, name: str) -> float:
-    """Reconcile passes of one LLMDeployment so far, from the operator's /metrics."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    wanted = {"namespace": namespace, "llmdeployment": name, "result": "success"}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "batchline_reconcile_total" and wanted.items() <= sample.labels.items():
-                return sample.value
-    return 0.0
-
-
 def test_idle_passes_make_no_writes(
     kube: client.ApiClient, namespace: str, llmds: LLMDs, cluster: Any, operator_metrics_port: int
 ) -> None:
     llmds.create("idle", {"model": {"source": SOURCE}})
     wait_for(lambda: _ready(llmds, "idle", 1), timeout=150, what="Ready")
     time.sleep(2)  # let the status write's own watch event come back
-    since, passes = time.time(), _passes(operator_metrics_port, namespace, "idle")
+    since, passes = time.time(), reconcile_passes(operator_metrics_port, namespace, "idle")
     time.sleep(3 * RESYNC + 1)  # three resync ticks and the watch events in between
     assert _operator_writes(cluster, since, namespace) == []
-    assert _passes(operator_metrics_port, namespace, "idle") - passes >= 2, "the resync ticks ran no pass"
+    assert reconcile_passes(operator_metrics_port, namespace, "idle") - passes >= 2, "the resync ticks ran no pass"
 
 
 def test_spec_change_rolls_out_and_delete_cascades(kube: client.ApiClient, namespace: str, llmds: LLMDs) -> None:
