@@ -364,6 +364,26 @@ def test_a_miss_that_more_replicas_do_not_ease_stops_adding_them() -> None:
     assert state.miss_not_load and "no scale-down" not in d.reason
 
 
+def test_a_falling_prompt_weight_is_not_read_as_less_load_after_a_cut() -> None:
+    """A cut was made at 200 work/s per replica with a prompt token worth 0.1 output tokens. The
+    weight then falls towards its measurement (0.01) while the token load and the miss stay as they
+    were: in the new units the same load reads smaller, but it is the same load, so the miss is still
+    load (cuts go on), not written off as one more replicas cannot fix."""
+    spec = replace(TTFT_SPEC, max_replicas=1)  # the pool cannot grow: the load per replica stays
+    cut = replace(tokens_learnt(100.0, 1), cut_from=200.0, cut_pressure=4.0, cut_per_replica=200.0)
+    state, weights = cut, []
+    for i in range(1, 41):  # ten minutes: the demand window's mean has caught up with the new weight
+        now = 60.0 + 15 * i
+        # 1 req/s of 1,500 prompt and 50 output tokens; TTFT p95 4x the target, nothing waiting.
+        s = token_sample(now, 1.0, 1500, 50, running=1.0, ttft=4000.0, ttft_mean=150.0, tpot_mean=10.0)
+        d = decide([s], 1, 1, spec, state, now)
+        state = d.state
+        weights.append(state.prompt_weight)
+        assert not state.miss_not_load, f"written off at {now:.0f}s, weight {state.prompt_weight:.3f}"
+    assert weights[-1] < 0.015  # (50 + 0.015 * 1500) / 200: the same load reads 64% lighter
+    assert state.capacity is not None and state.capacity < 100.0
+
+
 def test_rising_load_after_a_cut_is_not_read_as_a_miss_more_replicas_cannot_fix() -> None:
     """After a cut the load rises: the 300 s mean per replica still looks lower than at the cut, but the
     minute the quantile covers had more per replica. The miss is load, so it keeps holding scale-down and

@@ -238,8 +238,15 @@ def _learn_prompt_weight(state: ScalerState, sample: MetricSample, ready: int) -
     low, high = PROMPT_WEIGHT_BOUNDS
     measured = min(high, max(low, per_prompt_token / per_output_token))
     weight = state.prompt_weight
-    weight = measured if weight is None else weight + PROMPT_WEIGHT_GAIN * (measured - weight)
-    return replace(state, prompt_weight=weight)
+    if weight is None:
+        return replace(state, prompt_weight=measured)
+    new = weight + PROMPT_WEIGHT_GAIN * (measured - weight)
+    # The load per replica at the last cut is judged against today's (`_learn_capacity`): it follows
+    # the units, or a falling weight would read the same load as less. The capacity estimate does not:
+    # probes and cuts correct it against the SLOs in whatever units demand is read.
+    out, prompt = sample.output_tokens_rate, sample.prompt_tokens_rate
+    rescale = (out + new * prompt) / (out + weight * prompt)
+    return replace(state, prompt_weight=new, cut_per_replica=state.cut_per_replica * rescale)
 
 
 def _work(sample: MetricSample, state: ScalerState) -> float:
