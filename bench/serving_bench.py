@@ -49,6 +49,8 @@ from typing import Any
 
 import numpy as np
 
+from batchline_tools.triton_inputs import triton_inputs
+
 REPO = Path(__file__).resolve().parents[1]
 # The Azure LLM inference trace (conversation); --trace, or BATCHLINE_TRACES, or shared/traces next to the repo.
 TRACE_NAME = "AzureLLMInferenceTrace_conv.csv"
@@ -134,22 +136,6 @@ class RssSampler:
         return self.peaks
 
 
-def _inputs(prompt: str, max_tokens: int, batched: bool, stream: bool) -> list[Any]:
-    import tritonclient.grpc as grpcclient
-
-    shape = [1, 1] if batched else [1]
-    text = grpcclient.InferInput("text_input", shape, "BYTES")
-    text.set_data_from_numpy(np.array([prompt.encode()], dtype=np.object_).reshape(shape))
-    tokens = grpcclient.InferInput("max_tokens", shape, "INT32")
-    tokens.set_data_from_numpy(np.array([max_tokens], dtype=np.int32).reshape(shape))
-    tensors = [text, tokens]
-    if stream:
-        flag = grpcclient.InferInput("stream", shape, "BOOL")
-        flag.set_data_from_numpy(np.array([True]).reshape(shape))
-        tensors.append(flag)
-    return tensors
-
-
 @dataclass(frozen=True)
 class Answer:
     ttft: float  # seconds from sending to the first response
@@ -166,7 +152,7 @@ def one_streamed(url: str, model: str, prompt: str, max_tokens: int, abandon: th
     client = grpcclient.InferenceServerClient(url)
     client.start_stream(callback=lambda result, error: responses.put(error or result))
     started = time.perf_counter()
-    client.async_stream_infer(model, _inputs(prompt, max_tokens, batched=False, stream=True))
+    client.async_stream_infer(model, triton_inputs(grpcclient, prompt, max_tokens=max_tokens, stream=True))
     first = None
     parts: list[str] = []
     cancel = False
@@ -200,7 +186,7 @@ def one_unary(url: str, model: str, prompt: str, max_tokens: int, abandon: threa
 
     client = grpcclient.InferenceServerClient(url)
     started = time.perf_counter()
-    result = client.infer(model, _inputs(prompt, max_tokens, batched=True, stream=False))
+    result = client.infer(model, triton_inputs(grpcclient, prompt, batched=True, max_tokens=max_tokens))
     elapsed = time.perf_counter() - started
     client.close()
     return Answer(elapsed, elapsed, result.as_numpy("text_output").reshape(-1)[0].decode(), finished=True)

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 import tritonclient.grpc as grpcclient
 
+from batchline_tools.triton_inputs import triton_inputs
 from model_repo_builder import BatchingOptions, BuildOptions, Mode, TritonServer, build
 from model_repo_builder.builder import BuildResult
 from model_repo_builder.runtime import generate, load_model
-from tests.triton_inputs import grpc_inputs
 
 from .conftest import LOOSE, THREADS
 
@@ -115,12 +115,12 @@ def test_streams_over_grpc_and_answers_http_generate_like_generate(
     triton: TritonServer, expected: dict[str, str]
 ) -> None:
     prompt = PROMPTS[0]
-    streamed = stream(triton.grpc_url, grpc_inputs(prompt, max_tokens=12, stream=True))
+    streamed = stream(triton.grpc_url, triton_inputs(grpcclient, prompt, max_tokens=12, stream=True))
     assert len(streamed) > 2, "a streamed request gets several responses"
     assert "".join(item["text"] for item in streamed) == expected[prompt]
     final = streamed[-1]
     assert (final["finish_reason"], final["completion_tokens"], final["prompt_tokens"]) == ("length", 12, 11)
-    (whole,) = stream(triton.grpc_url, grpc_inputs(prompt, max_tokens=12))
+    (whole,) = stream(triton.grpc_url, triton_inputs(grpcclient, prompt, max_tokens=12))
     assert whole["text"] == expected[prompt] and whole["finish_reason"] == "length"
 
     status, body = http_post(triton, "generate", {"text_input": PROMPTS[1], "max_tokens": 12})
@@ -187,7 +187,9 @@ def test_a_bad_request_gets_a_clear_error_and_the_others_carry_on(
 
 def test_a_client_that_goes_away_is_cancelled_and_its_cache_freed(triton: TritonServer) -> None:
     before = scrape(triton)["generation_tokens_total"]
-    received = stream(triton.grpc_url, grpc_inputs(PROMPTS[2], max_tokens=480, stream=True), cancel_after=3)
+    received = stream(
+        triton.grpc_url, triton_inputs(grpcclient, PROMPTS[2], max_tokens=480, stream=True), cancel_after=3
+    )
     assert len(received) == 3 and "finish_reason" not in received[-1]
     wait_until(
         lambda: scrape(triton)["requests_running"] == 0 and scrape(triton)["kv_cache_blocks_used"] == 0,

@@ -21,6 +21,7 @@ from kubernetes import client
 
 from batchline.autoscaler.policy import TOKENS
 from batchline.report import metrics
+from batchline_tools.triton_inputs import triton_inputs
 from devcluster.operator_process import OperatorProcess
 from devcluster.prometheus import PrometheusServer, ScrapeTarget
 from model_repo_builder import BatchingOptions, BuildOptions, QualityThresholds, TritonServer, build
@@ -33,7 +34,6 @@ from tests.integration.conftest import (
     reconcile_passes,
     wait_for,
 )
-from tests.triton_inputs import grpc_inputs
 
 pytestmark = [pytest.mark.cluster, pytest.mark.triton, pytest.mark.prometheus, pytest.mark.torch]
 
@@ -92,7 +92,7 @@ class Load:
         try:
             while not self.stop.is_set():
                 prompt = f"Request {index}-{self.done}: tell a long story"
-                triton.async_stream_infer(MODEL, grpc_inputs(prompt, max_tokens=MAX_TOKENS, stream=True))
+                triton.async_stream_infer(MODEL, triton_inputs(grpcclient, prompt, max_tokens=MAX_TOKENS, stream=True))
                 while True:
                     item = responses.get(timeout=120)
                     if isinstance(item, Exception):
@@ -211,9 +211,11 @@ def test_scales_up_under_load_down_when_idle_and_holds_without_prometheus(
             explained(lambda: _replicas(kube, namespace, "chat") > floor, timeout=150, what="scale-up under load")
             # The pass writes status after it has scaled the Deployment.
             status = wait_for(
-                lambda: (a := llmds.get("chat")["status"].get("autoscaling") or {}).get("desiredReplicas", 0) > floor
-                and a.get("observedTimeToFirstTokenMs", 0) > TTFT_TARGET_MS
-                and a,
+                lambda: (
+                    (a := llmds.get("chat")["status"].get("autoscaling") or {}).get("desiredReplicas", 0) > floor
+                    and a.get("observedTimeToFirstTokenMs", 0) > TTFT_TARGET_MS
+                    and a
+                ),
                 timeout=30,
                 what="the scale-up and the observed TTFT p95 over target in status",
             )
