@@ -135,6 +135,18 @@ class Decision:
     state: ScalerState
 
 
+@dataclass(frozen=True)
+class Tick:
+    """What one tick saw: the newest sample, the replica counts, and the demand derived from them."""
+
+    sample: MetricSample
+    current: int  # replicas asked for
+    ready: int  # replicas serving
+    demand: float  # mean arrivals over the demand window, in the state's unit
+    arrival: float  # arrivals over the last rate window, in the state's unit
+    now: float
+
+
 def decide(
     samples: Sequence[MetricSample],
     current_replicas: int,
@@ -168,8 +180,9 @@ def decide(
     # left out rather than making the whole window unknown.
     known = [a for _, _, a in history if math.isfinite(a)]
     demand = sum(known) / len(known) if known else NAN
-    state = _learn_capacity(state, sample, demand, arrival, ready_replicas, current_replicas, spec, now)
-    raw, why = _recommend(sample, demand, arrival, current_replicas, ready_replicas, spec, state, now)
+    tick = Tick(sample, current_replicas, ready_replicas, demand, arrival, now)
+    state = _learn_capacity(state, tick, spec)
+    raw, why = _recommend(tick, spec, state)
     window = max(spec.scale_up_stabilization_seconds, spec.scale_down_stabilization_seconds)
     recommendations = tuple((t, n) for t, n in (*state.recommendations, (now, raw)) if t >= now - window)
     desired, limit = _stabilize_and_bound(recommendations, current_replicas, spec, now)
@@ -270,16 +283,7 @@ def _arrival_rate(sample: MetricSample, completed: float, state: ScalerState) ->
     return max(0.0, completed + (sample.in_flight() - p0) * per_request / (sample.timestamp - t0))
 
 
-def _learn_capacity(
-    state: ScalerState,
-    sample: MetricSample,
-    demand: float,
-    arrival: float,
-    ready: int,
-    current: int,
-    spec: AutoscalingSpec,
-    now: float,
-) -> ScalerState:
+def _learn_capacity(state: ScalerState, tick: Tick, spec: AutoscalingSpec) -> ScalerState:
     """Per-replica demand that the pool serves within every SLO, learnt from what it just did.
 
     The first estimate is the rate the window completed per ready replica, from the first sample
@@ -292,20 +296,16 @@ def _learn_capacity(
     * Every SLO well met, at a load close enough to plan, with nothing waiting, raises the
       estimate; the farther under target, the bigger the step and the farther below plan it may
       start. Requests waiting say the pool is at its limit whatever a lagging quantile says.
-    * An SLO missed at a load the estimate called fine cuts it, at most once per window so a cut
-      shows before the next. The estimate that failed becomes a ceiling that later probes stay
-      under, so the search does not run into the same miss again whenever the load moves; it
-      lapses only on evidence against it: a steady pool serving at least that much per replica
-      with every SLO well met and nothing waiting.
-    * A miss at a load above plan says nothing: the pool was known to be short.
-    * A miss that does not ease after a cut, although the load per replica fell by more than the
-      tolerance (both the demand window's mean and the last rate window's arrivals: the mean lags
-      a rise) and nothing waits, is not a capacity problem (a TTFT target shorter than reading the
-      longest prompts takes): the cut is undone, no more cuts follow, and the miss no longer holds
-      scale-down, until every SLO is met again.
+    * A ceiling (an estimate that missed, see `_judge_miss`) caps the raise. It lapses only on
+      evidence against it: a steady pool serving at least that much per replica with every SLO
+      well met and nothing waiting.
+    * An SLO missed at a load the estimate called fine is judged by `_judge_miss`, at most once
+      per window so a cut shows before the next. A miss at a load above plan says nothing: the
+      pool was known to be short.
     """
+    sample, demand, ready, now = tick.sample, tick.demand, tick.ready, tick.now
     ratio, _ = pressure(sample, spec)
-    steady = ready == current and now - state.ready_since >= sample.window_s
+    steady = ready == tick.current and now - state.ready_since >= sample.window_s
     completed = _work(sample, state)
     if ready <= 0 or not completed > 0 or not math.isfinite(ratio) or not math.isfinite(demand):
         return state
@@ -329,45 +329,50 @@ def _learn_capacity(
         return replace(state, capacity=capacity, capacity_ceiling=ceiling)
     if ratio <= 1:  # every SLO met: a later miss is judged afresh
         state = replace(state, cut_from=None, miss_not_load=False)
+    state = replace(state, capacity_ceiling=ceiling)
     near_plan = per_replica <= capacity * (1 + spec.tolerance)
     if ratio > 1 and near_plan and now - state.capacity_cut_at >= sample.window_s:
-        if (
-            state.cut_from is not None
-            and sample.pending < 1  # requests waiting: more replicas would serve them sooner
-            and max(demand, arrival) / ready < state.cut_per_replica * (1 - spec.tolerance)
-            and ratio >= state.cut_pressure * (1 - spec.tolerance)
-        ):
-            # Less load per replica since the last cut, and the miss is no smaller: the SLO misses for
-            # reasons more replicas cannot fix (a prompt longer than the TTFT target allows to read).
-            # Undo that cut and stop cutting until every SLO is met again.
-            return replace(
-                state, capacity=max(capacity, state.cut_from), capacity_ceiling=ceiling, miss_not_load=True
-            )
-        if state.miss_not_load:
-            return replace(state, capacity_ceiling=ceiling)
-        return replace(
-            state,
-            capacity=capacity * max(MAX_CAPACITY_CUT, math.sqrt(1 / ratio)),
-            capacity_ceiling=capacity if ceiling is None else min(ceiling, capacity),
-            capacity_cut_at=now,
-            cut_from=capacity,
-            cut_pressure=ratio,
-            cut_per_replica=per_replica,
-        )
-    return replace(state, capacity_ceiling=ceiling)
+        return _judge_miss(state, capacity, tick, ratio, spec)
+    return state
 
 
-def _recommend(
-    sample: MetricSample,
-    demand: float,
-    arrival: float,
-    current: int,
-    ready: int,
-    spec: AutoscalingSpec,
-    state: ScalerState,
-    now: float,
-) -> tuple[int, str]:
+def _judge_miss(state: ScalerState, capacity: float, tick: Tick, ratio: float, spec: AutoscalingSpec) -> ScalerState:
+    """A steady pool missed an SLO (worst observed/target `ratio`) at a load its estimate called fine.
+
+    * Normally the estimate is cut by sqrt(1 / ratio), by at most half, and the estimate that
+      failed becomes a ceiling that later probes stay under, so the search does not run into the
+      same miss again whenever the load moves.
+    * A miss that does not ease after a cut, although the load per replica fell by more than the
+      tolerance (both the demand window's mean and the last rate window's arrivals: the mean lags
+      a rise) and nothing waits, is not a capacity problem (a TTFT target shorter than reading the
+      longest prompts takes): the cut is undone, no more cuts follow, and the miss no longer holds
+      scale-down, until every SLO is met again.
+    """
+    per_replica = tick.demand / tick.ready
+    if (
+        state.cut_from is not None
+        and tick.sample.pending < 1  # requests waiting: more replicas would serve them sooner
+        and max(tick.demand, tick.arrival) / tick.ready < state.cut_per_replica * (1 - spec.tolerance)
+        and ratio >= state.cut_pressure * (1 - spec.tolerance)
+    ):
+        return replace(state, capacity=max(capacity, state.cut_from), miss_not_load=True)
+    if state.miss_not_load:
+        return state
+    ceiling = state.capacity_ceiling
+    return replace(
+        state,
+        capacity=capacity * max(MAX_CAPACITY_CUT, math.sqrt(1 / ratio)),
+        capacity_ceiling=capacity if ceiling is None else min(ceiling, capacity),
+        capacity_cut_at=tick.now,
+        cut_from=capacity,
+        cut_pressure=ratio,
+        cut_per_replica=per_replica,
+    )
+
+
+def _recommend(tick: Tick, spec: AutoscalingSpec, state: ScalerState) -> tuple[int, str]:
     """Replicas needed now (before stabilization and step limits) and why."""
+    sample, demand, arrival, current, ready = tick.sample, tick.demand, tick.arrival, tick.current, tick.ready
     if sample.request_rate == 0 and sample.in_flight() == 0:
         return 0, "no traffic"
     capacity = state.capacity
@@ -378,7 +383,7 @@ def _recommend(
         if sample.pending > ready and ready >= current:
             return current + spec.max_scale_up_step, "queue building before capacity is known"
         return current, "capacity not learnt yet (needs a minute of traffic on a steady pool)"
-    backlog = _projected_backlog(sample.pending, demand, current, ready, capacity, spec, state, now)
+    backlog = _projected_backlog(tick, capacity, spec, state)
     backlog *= state.work_per_request or 0.0  # requests -> demand units
     targets = spec.targets_ms()
     slowest = max(targets.get("latency", 0), targets.get("ttft", 0)) / 1000
@@ -404,25 +409,17 @@ def _recommend(
     return current, why + " (within tolerance)"
 
 
-def _projected_backlog(
-    pending: float,
-    demand: float,
-    current: int,
-    ready: int,
-    capacity: float,
-    spec: AutoscalingSpec,
-    state: ScalerState,
-    now: float,
-) -> float:
+def _projected_backlog(tick: Tick, capacity: float, spec: AutoscalingSpec, state: ScalerState) -> float:
     """Requests left waiting when a replica added now is ready: the ready replicas serve until the
     starting ones are up, then all of them; capacity is the conservative within-target figure."""
+    pending, demand, current, ready = tick.sample.pending, tick.demand, tick.current, tick.ready
     per_request = state.work_per_request or 0.0
     if per_request <= 0:
         return max(0.0, pending)
     cold = float(spec.cold_start_seconds)
     starting_left = 0.0
     if current > ready and state.scale_up_at is not None:
-        starting_left = min(cold, max(0.0, state.scale_up_at + cold - now))
+        starting_left = min(cold, max(0.0, state.scale_up_at + cold - tick.now))
     backlog = max(0.0, pending + (demand - ready * capacity) * starting_left / per_request)
     return max(0.0, backlog + (demand - max(current, ready) * capacity) * (cold - starting_left) / per_request)
 
