@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from collections.abc import Callable
 from dataclasses import replace
@@ -210,15 +209,6 @@ def test_unsteady_pool_teaches_nothing() -> None:
     state = replace(learnt(1.0, 4), ready_since=100.0)
     d = decide([sample(120, 4.0, latency=40_000)], 6, 4, SPEC, state, 120)
     assert d.state.capacity == 1.0
-
-
-def test_state_survives_a_json_round_trip() -> None:
-    d = run_ticks(learnt(1.0, 2), 2, 2.5, 0, 10)
-    restored = ScalerState.from_dict(json.loads(json.dumps(d[-1].state.to_dict())))
-    assert restored == d[-1].state
-    s = sample(1.0, 2.0, latency=NAN)
-    assert json.loads(json.dumps(s.to_dict()))["latency_ms"] is None
-    assert math.isnan(MetricSample.from_dict(s.to_dict()).latency_ms)
 
 
 def token_sample(

@@ -24,9 +24,8 @@ burst and undershoots when idle. The policy instead
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 
 from batchline.autoscaler.spec import AutoscalingSpec
 
@@ -74,15 +73,6 @@ class MetricSample:
     ttft_mean_ms: float = NAN
     tpot_mean_ms: float = NAN
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe: NaN becomes None (a Kubernetes status cannot hold NaN)."""
-        return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> MetricSample:
-        values: dict[str, Any] = {k: NAN if v is None else v for k, v in d.items()}
-        return cls(**values)
-
     def tokens_known(self) -> bool:
         return math.isfinite(self.prompt_tokens_rate) and math.isfinite(self.output_tokens_rate)
 
@@ -96,7 +86,7 @@ class MetricSample:
 
 @dataclass(frozen=True)
 class ScalerState:
-    """What the policy remembers between ticks; `to_dict` gives JSON for the object's status."""
+    """What the policy remembers between ticks (in the operator's memory: a restart re-learns it)."""
 
     unit: str = TOKENS  # what demand and capacity are counted in: TOKENS or REQUESTS
     capacity: float | None = None  # demand (in `unit`) one ready replica serves within every SLO
@@ -113,19 +103,6 @@ class ScalerState:
     scale_up_at: float | None = None  # last time this policy raised the replica count
     history: tuple[tuple[float, float, float], ...] = ()  # (time, in flight, arrivals) per tick
     recommendations: tuple[tuple[float, int], ...] = field(default=())
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["history"] = [list(h) for h in self.history]
-        d["recommendations"] = [list(r) for r in self.recommendations]
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> ScalerState:
-        d = dict(d)
-        d["history"] = tuple((float(t), float(p), float(a)) for t, p, a in d.get("history", ()))
-        d["recommendations"] = tuple((float(t), int(n)) for t, n in d.get("recommendations", ()))
-        return cls(**d)
 
 
 @dataclass(frozen=True)
