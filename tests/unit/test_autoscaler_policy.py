@@ -384,3 +384,20 @@ def test_rising_load_after_a_cut_is_not_read_as_a_miss_more_replicas_cannot_fix(
     assert not d.state.miss_not_load
     assert d.state.capacity is not None and d.state.capacity < 0.6
     assert d.replicas > 5
+
+
+def test_a_miss_at_less_load_than_the_pool_just_served_well_neither_cuts_nor_holds() -> None:
+    """Four minutes ago 8 replicas served 150 work/s each with every SLO well met; now they carry 75
+    each, nothing waits, and TTFT p95 is twice the target (a few long prompts at the quantile).
+    Latency does not fall as load rises, so this miss is not the load's: the estimate stays and the
+    pool may scale down. The same miss with no such memory (or an older one) cuts and holds."""
+    window = tuple((300.0 - 15 * k, 0.0, 600.0) for k in range(19, 0, -1))  # 600 work/s: 75 per replica
+    fresh = replace(tokens_learnt(300.0, 8), history=window, passes=((60.0, 150.0), (75.0, 150.0)))
+    miss = token_sample(300, 2.0, 4000, 200, running=8.0, ttft=2000.0, tpot=20.0)
+    d = decide([miss], 8, 8, TTFT_SPEC, fresh, 300)
+    assert d.state.capacity == 300.0 and d.replicas < 8, d.reason
+    assert "no scale-down" not in d.reason
+    for state in (replace(fresh, passes=()), replace(fresh, passes=((-60.0, 150.0),))):
+        held = decide([miss], 8, 8, TTFT_SPEC, state, 300)
+        assert held.state.capacity is not None and held.state.capacity < 300.0
+        assert held.replicas == 8 and "ttft 2000ms over target, no scale-down" in held.reason

@@ -18,6 +18,9 @@ burst and undershoots when idle. The policy instead
 * never adds replicas when no request arrived (a queue left when traffic stopped drains on the
   replicas that hold it), scales down only past a tolerance band, after the stabilization window,
   one bounded step at a time, and never while an SLO is missed;
+* does not count a miss against the load (no cut, no hold on scale-down) when, within the demand
+  window, the pool met every SLO well at a higher load per replica: latency does not fall as load
+  rises, so such a miss is a few slow requests at the quantile, which more replicas would not speed;
 * holds the current count, saying why, when a signal is missing, NaN or stale.
 """
 
@@ -102,6 +105,7 @@ class ScalerState:
     ready_since: float = 0.0  # when the ready count last changed
     scale_up_at: float | None = None  # last time this policy raised the replica count
     history: tuple[tuple[float, float, float], ...] = ()  # (time, in flight, arrivals) per tick
+    passes: tuple[tuple[float, float], ...] = ()  # (time, demand per replica) of steady ticks well within every SLO
     recommendations: tuple[tuple[float, int], ...] = field(default=())
 
 
@@ -279,6 +283,8 @@ def _learn_capacity(state: ScalerState, tick: Tick, spec: AutoscalingSpec) -> Sc
     * An SLO missed at a load the estimate called fine is judged by `_judge_miss`, at most once
       per window so a cut shows before the next. A miss at a load above plan says nothing: the
       pool was known to be short.
+    * Every SLO well met with nothing waiting is remembered for a demand window, with its load
+      per replica (`_served_more_within_slo`).
     """
     sample, demand, ready, now = tick.sample, tick.demand, tick.ready, tick.now
     ratio, _ = pressure(sample, spec)
@@ -294,6 +300,10 @@ def _learn_capacity(state: ScalerState, tick: Tick, spec: AutoscalingSpec) -> Sc
     if not steady:
         return state
     per_replica = demand / ready
+    passes = tuple(p for p in state.passes if p[0] > now - spec.demand_window_seconds)
+    if ratio < 1 - 2 * spec.tolerance and sample.pending < 1:
+        passes = (*passes, (now, per_replica))
+    state = replace(state, passes=passes)
     comfortable = ratio < 1 - 2 * spec.tolerance
     if ceiling is not None and comfortable and per_replica >= ceiling and sample.pending < 1:
         ceiling = None  # the pool just served what the ceiling said it could not: that miss was not capacity
@@ -326,6 +336,8 @@ def _judge_miss(state: ScalerState, capacity: float, tick: Tick, ratio: float, s
       scale-down, until every SLO is met again.
     """
     per_replica = tick.demand / tick.ready
+    if _served_more_within_slo(state, tick, spec):
+        return state
     if (
         state.cut_from is not None
         and tick.sample.pending < 1  # requests waiting: more replicas would serve them sooner
@@ -345,6 +357,18 @@ def _judge_miss(state: ScalerState, capacity: float, tick: Tick, ratio: float, s
         cut_pressure=ratio,
         cut_per_replica=per_replica,
     )
+
+
+def _served_more_within_slo(state: ScalerState, tick: Tick, spec: AutoscalingSpec) -> bool:
+    """Whether the pool met every SLO, within the demand window, at a load per replica above today's.
+
+    Latency does not fall as load rises, so a miss at a lower load is not the load's doing (a few
+    long requests at the quantile, say): more replicas would not help, and it is not held against them.
+    """
+    if tick.ready <= 0 or tick.sample.pending >= 1 or not math.isfinite(tick.demand):
+        return False  # requests waiting: more replicas would serve them sooner
+    above = tick.demand / tick.ready * (1 + spec.tolerance)
+    return any(t > tick.now - spec.demand_window_seconds and load >= above for t, load in state.passes)
 
 
 def _recommend(tick: Tick, spec: AutoscalingSpec, state: ScalerState) -> tuple[int, str]:
@@ -372,7 +396,7 @@ def _recommend(tick: Tick, spec: AutoscalingSpec, state: ScalerState) -> tuple[i
     )
     ratio = need / (capacity * max(current, 1))
     ratio_now, kind = pressure(sample, spec)
-    missed = ratio_now > 1 and not state.miss_not_load
+    missed = ratio_now > 1 and not state.miss_not_load and not _served_more_within_slo(state, tick, spec)
     if (ratio > 1 + spec.tolerance or current == 0) and arrival == 0:
         return current, why + "; no requests arriving: nothing to add"
     if ratio > 1 + spec.tolerance or current == 0:
