@@ -20,6 +20,9 @@ replica-hours, or the same attainment (within 0.5 points) at no more than 0.85x.
 
     .venv/bin/python bench/autoscale_compare.py [--trace-dir DIR] [--profile h100-8b] [--plot-dir DIR]
         [--case NAME ...] [--json FILE]
+    .venv/bin/python bench/autoscale_compare.py --write-traces DIR [--case NAME ...]
+
+`--write-traces` writes each case's trace as a CSV, for `batchline autoscale simulate --trace`.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +39,7 @@ import numpy as np
 from batchline.autoscaler.spec import AutoscalingSpec
 from batchline_tools.autoscale_sim.baselines import POLICIES, simulate_policy
 from batchline_tools.autoscale_sim.simulator import PROFILES, SimConfig, SimResult
-from batchline_tools.autoscale_sim.trace import Trace, load_trace
+from batchline_tools.autoscale_sim.trace import Trace, load_trace, save_trace
 
 TRACES_DIR = Path(__file__).resolve().parents[2] / "shared" / "traces"
 MAX_REPLICAS = 400
@@ -105,6 +108,9 @@ class Case:
     source: str  # "code" or "conv"
     transform: Callable[[Trace], Trace] | None = None
 
+    def trace(self, sources: dict[str, Trace]) -> Trace:
+        return self.transform(sources[self.source]) if self.transform else sources[self.source]
+
 
 CASES = [
     Case("code", "tune", "code"),
@@ -140,6 +146,37 @@ def tune_baselines(trace: Trace, spec: AutoscalingSpec, config: SimConfig) -> tu
     return pick("keda", KEDA_THRESHOLDS), pick("concurrency", CONCURRENCY_TARGETS)
 
 
+@dataclass(frozen=True)
+class Run:
+    """One case at one target: its trace, the spec, and the baselines' knobs for that target."""
+
+    case: Case
+    trace: Trace
+    label: str
+    first_target: bool
+    spec: AutoscalingSpec
+    knobs: dict[str, float]  # keda_threshold, concurrency_target (tuned on the code trace)
+
+
+def selected_runs(
+    sources: dict[str, Trace], config: SimConfig, cases: list[str] | None, targets: list[str] | None
+) -> Iterator[Run]:
+    """Every case x target selected (all when `cases` / `targets` are empty), baselines tuned once per target."""
+    tuned: dict[str, dict[str, float]] = {}
+    for case in CASES:
+        if cases and case.name not in cases:
+            continue
+        trace = case.trace(sources)
+        for index, (label, fields) in enumerate(TARGETS):
+            if targets and label not in targets:
+                continue
+            spec = AutoscalingSpec(min_replicas=1, max_replicas=MAX_REPLICAS, **fields)
+            if label not in tuned:
+                keda, concurrency = tune_baselines(sources["code"], spec, config)
+                tuned[label] = {"keda_threshold": keda, "concurrency_target": concurrency}
+            yield Run(case, trace, label, index == 0, spec, tuned[label])
+
+
 def goal(ours: SimResult, base: SimResult) -> str:
     """'met', 'NOT met', or '-' when the baseline's attainment is outside 30-97%."""
     if not 0.30 <= base.slo_attainment <= 0.97:
@@ -158,9 +195,16 @@ def main() -> int:
     parser.add_argument("--target", action="append", help="run only these targets, by label (repeatable)")
     parser.add_argument("--plot-dir", type=Path, help="one PNG per case (at the first target)")
     parser.add_argument("--json", type=Path, help="write every result here")
+    parser.add_argument("--write-traces", type=Path, metavar="DIR", help="write each case's trace as CSV, then stop")
     args = parser.parse_args()
     config = SimConfig(profile=PROFILES[args.profile])
     sources = {name: load_trace(args.trace_dir / f"AzureLLMInferenceTrace_{name}.csv") for name in ("code", "conv")}
+    if args.write_traces:
+        args.write_traces.mkdir(parents=True, exist_ok=True)
+        for case in CASES:
+            if not args.case or case.name in args.case:
+                print(save_trace(case.trace(sources), args.write_traces / f"{case.name}.csv"))
+        return 0
     started = time.monotonic()
     print(f"profile {args.profile}, replicas 1..{MAX_REPLICAS}, cold start 60s, scrape/sync 15s\n")
     print(
@@ -169,49 +213,35 @@ def main() -> int:
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows, tally = [], {"met": 0, "NOT met": 0}
-    tuned: dict[str, tuple[float, float]] = {}
-    for case in CASES:
-        if args.case and case.name not in args.case:
-            continue
-        trace = sources[case.source]
-        trace = case.transform(trace) if case.transform else trace
-        for t_index, (label, fields) in enumerate(TARGETS):
-            if args.target and label not in args.target:
-                continue
-            spec = AutoscalingSpec(min_replicas=1, max_replicas=MAX_REPLICAS, **fields)
-            if label not in tuned:
-                tuned[label] = tune_baselines(sources["code"], spec, config)
-            keda_threshold, concurrency_target = tuned[label]
-            results = {
-                p: simulate_policy(
-                    trace, p, spec, config, keda_threshold=keda_threshold, concurrency_target=concurrency_target
-                )
-                for p in POLICIES
-            }
-            ours = results["batchline"]
-            verdicts = {b: goal(ours, results[b]) for b in BASELINES}
-            for verdict in verdicts.values():
-                if verdict in tally:
-                    tally[verdict] += 1
-            for policy, result in results.items():
-                capped = " (capped)" if result.peak_replicas >= MAX_REPLICAS else ""
-                per = ", ".join(f"{k} {v:.1%}" for k, v in result.attainment.items())
-                cmp = [_versus(ours, results[b], verdicts[b]) if policy == "batchline" else "" for b in BASELINES]
-                print(
-                    f"| {case.name} | {case.role} | {label} | {policy} | {result.slo_attainment:.1%} | {per} "
-                    f"| {result.replica_hours:.2f} | {result.peak_replicas}{capped} | {result.scale_events} "
-                    f"| {' | '.join(cmp)} |",
-                    flush=True,
-                )
-                rows.append({"case": case.name, "role": case.role, "slo": label, **result.metrics()})
-            if args.plot_dir and t_index == 0:
-                from batchline_tools.autoscale_sim.plot import plot_results
+    knobs: dict[str, dict[str, float]] = {}
+    for run in selected_runs(sources, config, args.case, args.target):
+        case, label = run.case, run.label
+        knobs[label] = run.knobs
+        results = {p: simulate_policy(run.trace, p, run.spec, config, **run.knobs) for p in POLICIES}
+        ours = results["batchline"]
+        verdicts = {b: goal(ours, results[b]) for b in BASELINES}
+        for verdict in verdicts.values():
+            if verdict in tally:
+                tally[verdict] += 1
+        for policy, result in results.items():
+            capped = " (capped)" if result.peak_replicas >= MAX_REPLICAS else ""
+            per = ", ".join(f"{k} {v:.1%}" for k, v in result.attainment.items())
+            cmp = [_versus(ours, results[b], verdicts[b]) if policy == "batchline" else "" for b in BASELINES]
+            print(
+                f"| {case.name} | {case.role} | {label} | {policy} | {result.slo_attainment:.1%} | {per} "
+                f"| {result.replica_hours:.2f} | {result.peak_replicas}{capped} | {result.scale_events} "
+                f"| {' | '.join(cmp)} |",
+                flush=True,
+            )
+            rows.append({"case": case.name, "role": case.role, "slo": label, **result.metrics()})
+        if args.plot_dir and run.first_target:
+            from batchline_tools.autoscale_sim.plot import plot_results
 
-                plot_results(list(results.values()), args.plot_dir / f"{case.name}.png", f"{case.name}: {label}")
+            plot_results(list(results.values()), args.plot_dir / f"{case.name}.png", f"{case.name}: {label}")
     print(f"\ngoal (cases x SLOs x baselines in range): met {tally['met']}, not met {tally['NOT met']}")
     print("baseline knobs tuned on the code trace (KEDA pending per replica, concurrency in flight per replica):")
-    for label, (keda_threshold, concurrency_target) in tuned.items():
-        print(f"  {label}: KEDA {keda_threshold:g}, concurrency {concurrency_target:g}")
+    for label, knob in knobs.items():
+        print(f"  {label}: KEDA {knob['keda_threshold']:g}, concurrency {knob['concurrency_target']:g}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     print(f"({time.monotonic() - started:.0f}s)")

@@ -20,7 +20,7 @@ from batchline_tools.autoscale_sim.baselines import (
 )
 from batchline_tools.autoscale_sim.plot import plot_results
 from batchline_tools.autoscale_sim.simulator import CPU_SMOLLM2, PoolView, SimConfig, Targets, simulate
-from batchline_tools.autoscale_sim.trace import Trace, load_trace
+from batchline_tools.autoscale_sim.trace import Trace, load_trace, save_trace
 
 METRICS = (
     "slo_attainment",
@@ -59,6 +59,15 @@ def test_trace_reads_azure_timestamps_and_compresses_time(trace_csv: Path) -> No
     trace = load_trace(trace_csv)
     assert trace.arrival_s[0] == 0 and np.all(np.diff(trace.arrival_s) >= 0)
     assert load_trace(trace_csv, time_scale=2.0).duration_s == pytest.approx(trace.duration_s / 2)
+
+
+def test_a_saved_trace_reads_back_the_same(trace_csv: Path, tmp_path: Path) -> None:
+    trace = load_trace(trace_csv)
+    again = load_trace(save_trace(trace, tmp_path / "again.csv"))
+    assert again.name == "again" and len(again.arrival_s) == len(trace.arrival_s)
+    np.testing.assert_allclose(again.arrival_s, trace.arrival_s, atol=1e-6)  # the CSV keeps microseconds
+    assert np.array_equal(again.context_tokens, trace.context_tokens)
+    assert np.array_equal(again.generated_tokens, trace.generated_tokens)
 
 
 def test_trace_without_required_columns_is_rejected(tmp_path: Path) -> None:

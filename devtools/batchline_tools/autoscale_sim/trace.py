@@ -53,6 +53,17 @@ def load_trace(path: str | Path, time_scale: float = 1.0) -> Trace:
     )
 
 
+def save_trace(trace: Trace, path: str | Path) -> Path:
+    """Write `trace` as a CSV that `load_trace` reads back (timestamps in UTC from the epoch)."""
+    path = Path(path)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(COLUMNS)
+        for t, prompt, output in zip(trace.arrival_s, trace.context_tokens, trace.generated_tokens, strict=True):
+            writer.writerow((datetime.fromtimestamp(float(t), UTC).isoformat(), int(prompt), int(output)))
+    return path
+
+
 def _seconds(stamp: str) -> float:
     parsed = datetime.fromisoformat(stamp.strip())
     if parsed.tzinfo is None:
