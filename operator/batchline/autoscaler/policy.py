@@ -300,11 +300,11 @@ def _learn_capacity(state: ScalerState, tick: Tick, spec: AutoscalingSpec) -> Sc
     if not steady:
         return state
     per_replica = demand / ready
+    comfortable = ratio < 1 - 2 * spec.tolerance
     passes = tuple(p for p in state.passes if p[0] > now - spec.demand_window_seconds)
-    if ratio < 1 - 2 * spec.tolerance and sample.pending < 1:
+    if comfortable and sample.pending < 1:
         passes = (*passes, (now, per_replica))
     state = replace(state, passes=passes)
-    comfortable = ratio < 1 - 2 * spec.tolerance
     if ceiling is not None and comfortable and per_replica >= ceiling and sample.pending < 1:
         ceiling = None  # the pool just served what the ceiling said it could not: that miss was not capacity
     reach = min(1 - 2 * spec.tolerance, max(MIN_PROBE_REACH, PROBE_REACH * ratio))
@@ -326,6 +326,8 @@ def _learn_capacity(state: ScalerState, tick: Tick, spec: AutoscalingSpec) -> Sc
 def _judge_miss(state: ScalerState, capacity: float, tick: Tick, ratio: float, spec: AutoscalingSpec) -> ScalerState:
     """A steady pool missed an SLO (worst observed/target `ratio`) at a load its estimate called fine.
 
+    * A miss at less load per replica than the pool recently served well is not the load's
+      (`_served_more_within_slo`): nothing changes.
     * Normally the estimate is cut by sqrt(1 / ratio), by at most half, and the estimate that
       failed becomes a ceiling that later probes stay under, so the search does not run into the
       same miss again whenever the load moves.
