@@ -396,6 +396,7 @@ def test_a_miss_at_less_load_than_the_pool_just_served_well_neither_cuts_nor_hol
     miss = token_sample(300, 2.0, 4000, 200, running=8.0, ttft=2000.0, tpot=20.0)
     d = decide([miss], 8, 8, TTFT_SPEC, fresh, 300)
     assert d.state.capacity == 300.0 and d.replicas < 8, d.reason
+    assert "ttft 2000ms over target, but within every SLO at more load per replica in the last 300s" in d.reason
     assert "no scale-down" not in d.reason
     for state in (replace(fresh, passes=()), replace(fresh, passes=((-60.0, 150.0),))):
         held = decide([miss], 8, 8, TTFT_SPEC, state, 300)

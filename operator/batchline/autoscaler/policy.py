@@ -398,15 +398,19 @@ def _recommend(tick: Tick, spec: AutoscalingSpec, state: ScalerState) -> tuple[i
     )
     ratio = need / (capacity * max(current, 1))
     ratio_now, kind = pressure(sample, spec)
-    missed = ratio_now > 1 and not state.miss_not_load and not _served_more_within_slo(state, tick, spec)
+    over = ""
+    if ratio_now > 1 and not state.miss_not_load:
+        label = "mean latency" if kind == "latency" and sample.latency_is_mean else kind
+        over = f"{label} {sample.observed()[kind]:.0f}ms over target"
+        if _served_more_within_slo(state, tick, spec):
+            why += f"; {over}, but within every SLO at more load per replica in the last {spec.demand_window_seconds}s"
+            over = ""
     if (ratio > 1 + spec.tolerance or current == 0) and arrival == 0:
         return current, why + "; no requests arriving: nothing to add"
     if ratio > 1 + spec.tolerance or current == 0:
         return math.ceil(need / capacity), why
-    if missed:
-        label = "mean latency" if kind == "latency" and sample.latency_is_mean else kind
-        value = sample.observed()[kind]
-        return current, why + f"; {label} {value:.0f}ms over target, no scale-down"
+    if over:
+        return current, why + f"; {over}, no scale-down"
     if ratio * (1 + spec.tolerance) < 1:
         return math.ceil(need * (1 + spec.tolerance) / capacity), why + " (with tolerance margin)"
     return current, why + " (within tolerance)"
