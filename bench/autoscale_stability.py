@@ -54,6 +54,7 @@ def main() -> int:
     print("| case | role | SLO | " + " | ".join(f"{p}: attainment, replica-h" for p in POLICIES) + " | goal met in |")
     print("|---|---|---|" + "---|" * (len(POLICIES) + 1))
     rows, kept = [], {b: Counter[str]() for b in BASELINES}
+    spread: dict[str, list[tuple[float, float, float, float]]] = {p: [] for p in POLICIES}
     for run in selected_runs(sources, config, args.case, args.target):
         case, label = run.case, run.label
         runs = [
@@ -65,6 +66,9 @@ def main() -> int:
             att = [100 * r[p].slo_attainment for r in runs]
             hours = [r[p].replica_hours for r in runs]
             cells.append(f"{min(att):.1f} to {max(att):.1f}%, {min(hours):.1f} to {max(hours):.1f} h")
+            if case.role == "validate":
+                mean_h = float(np.mean(hours))
+                spread[p].append((float(np.mean(att)), mean_h, max(att) - min(att), (max(hours) - min(hours)) / mean_h))
             rows += [{"case": case.name, "slo": label, "seed": s, **r[p].metrics()} for s, r in enumerate(runs)]
         met_in = []
         for b in BASELINES:
@@ -75,6 +79,19 @@ def main() -> int:
             if case.role == "validate" and in_range:
                 kept[b]["every" if met == in_range else "none" if met == 0 else "some"] += 1
         print(f"| {case.name} | {case.role} | {label} | {' | '.join(cells)} | {', '.join(met_in)} |", flush=True)
+    print("\nvalidation rows, means over the copies:")
+    print(
+        "| policy | replica-h, all rows | mean attainment | mean spread of attainment | mean spread of replica-h "
+        "| rows spreading 2 points or more |"
+    )
+    print("|---|---|---|---|---|---|")
+    for p, values in spread.items():
+        if values:
+            mean_att, mean_hours, att_spread, hour_spread = (np.array(v) for v in zip(*values, strict=True))
+            print(
+                f"| {p} | {mean_hours.sum():.1f} | {mean_att.mean():.1f}% | {att_spread.mean():.1f} points "
+                f"| {100 * hour_spread.mean():.0f}% | {int((att_spread >= 2).sum())} |"
+            )
     print("\nvalidation pairs in range, by how many copies meet the goal:")
     for b, counts in kept.items():
         print(f"  vs {b}: every {counts['every']}, some {counts['some']}, none {counts['none']}")
