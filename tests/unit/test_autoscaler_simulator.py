@@ -107,6 +107,19 @@ def test_the_kv_cache_limits_the_batch_and_refuses_what_can_never_fit() -> None:
     assert small.p95_ttft_ms > roomy.p95_ttft_ms
 
 
+def test_a_request_held_at_the_gateway_starts_when_a_slot_frees_not_at_the_next_tick() -> None:
+    """One replica that takes one request at a time: the other nine wait at the gateway and run
+    back to back, so the p95 (linear, of 1..10 service times) is 9.55 service times, far inside one
+    15 s tick."""
+    config = SimConfig(profile=CPU_SMOLLM2, initial_replicas=1, max_in_flight_per_replica=1)
+    one = simulate(burst(1, 100, 5), ScaleOnceTo(1), Targets(latency_ms=1e9), config)
+    ten = simulate(burst(10, 100, 5), ScaleOnceTo(1), Targets(latency_ms=1e9), config)
+    service_s = one.p95_latency_ms / 1e3
+    assert service_s < 1.0
+    assert ten.p95_latency_ms / 1e3 == pytest.approx(9.55 * service_s, rel=0.05)
+    assert ten.p95_latency_ms / 1e3 < config.scrape_interval_s
+
+
 def awkward_traces() -> list[Trace]:
     """A load that stops dead, a long idle tail after a little traffic, and prompts too big for the cache."""
     rng = np.random.default_rng(3)

@@ -295,6 +295,8 @@ class _Replica:
             self.kv_reserved -= int(pool.trace.context_tokens[i] + pool.trace.generated_tokens[i])
             del r
             pool.complete(i, self.clock, self)
+        if done and not self.draining:
+            pool.hand_over_held(self)
 
 
 class _Pool:
@@ -364,6 +366,14 @@ class _Pool:
     def route_held(self, now: float) -> None:
         while self.held and self.route(self.held[0], now):
             self.held.popleft()
+
+    def hand_over_held(self, replica: _Replica) -> None:
+        """The gateway's waiters take the room a completion just freed, at that moment (not at the
+        next tick): requests held at the gateway that had arrived by then, oldest first."""
+        limit = self.config.max_in_flight_per_replica or math.inf
+        arrivals = self.trace.arrival_s
+        while self.held and replica.in_flight() < limit and arrivals[self.held[0]] <= replica.clock:
+            replica.waiting.append(self.held.popleft())
 
     def complete(self, i: int, now: float, replica: _Replica) -> None:
         trace = self.trace
