@@ -354,6 +354,19 @@ def test_a_miss_that_more_replicas_do_not_ease_stops_adding_them() -> None:
     assert state.miss_not_load and "no scale-down" not in d.reason
 
 
+def test_a_miss_written_off_at_one_load_does_not_let_the_pool_shrink_past_it() -> None:
+    """A miss was found not to ease with less load per replica, at 0.5 req/s per replica. That says
+    nothing about more load per replica: while the miss lasts, the pool scales down only as far as
+    that load (plus the tolerance), not to what the capacity estimate alone would allow. With every
+    SLO met, the finding is dropped and the pool goes down at least to the estimate's count."""
+    written_off = replace(learnt(2.0, 10), miss_not_load=True, not_load_per_replica=0.5)
+    missing = run_ticks(written_off, 10, 4.0, 0.0, 60, latency=lambda _: 12_000.0)
+    assert missing[-1].replicas == math.ceil(4.0 / (0.5 * 1.1))  # 8, not the estimate's 3
+    assert "no fewer replicas" in missing[-1].reason
+    met = run_ticks(written_off, 10, 4.0, 0.0, 60, latency=lambda _: 2000.0)
+    assert met[-1].replicas <= math.ceil(4.0 * 1.1 / 2.0)
+
+
 def test_a_falling_prompt_weight_is_not_read_as_less_load_after_a_cut() -> None:
     """A cut was made at 200 work/s per replica with a prompt token worth 0.1 output tokens. The
     weight then falls towards its measurement (0.01) while the token load and the miss stay as they

@@ -18,6 +18,9 @@ burst and undershoots when idle. The policy instead
 * never adds replicas when no request arrived (a queue left when traffic stopped drains on the
   replicas that hold it), scales down only past a tolerance band, after the stabilization window,
   one bounded step at a time, and never while an SLO is missed;
+* writes off a miss that does not ease with less load per replica (no more cuts, no hold on
+  scale-down), but only for the load it was seen at: while it lasts, the pool does not shrink
+  past that load per replica;
 * does not count a miss against the load (no cut, no hold on scale-down) when, within the demand
   window, the pool met every SLO well at a higher load per replica: latency does not fall as load
   rises, so such a miss is a few slow requests at the quantile, which more replicas would not speed;
@@ -99,6 +102,7 @@ class ScalerState:
     cut_pressure: float = 0.0  # pressure that caused the last cut
     cut_per_replica: float = 0.0  # demand per ready replica at the last cut
     miss_not_load: bool = False  # the miss did not ease with less load per replica: not a capacity problem
+    not_load_per_replica: float = 0.0  # load per ready replica when `miss_not_load` was judged
     prompt_weight: float | None = None  # cost of a prompt token in output tokens, measured
     work_per_request: float | None = None  # demand units per request, last measured
     ready: int = -1  # ready replicas at the last tick
@@ -346,7 +350,8 @@ def _judge_miss(state: ScalerState, capacity: float, tick: Tick, ratio: float, s
         and max(tick.demand, tick.arrival) / tick.ready < state.cut_per_replica * (1 - spec.tolerance)
         and ratio >= state.cut_pressure * (1 - spec.tolerance)
     ):
-        return replace(state, capacity=max(capacity, state.cut_from), miss_not_load=True)
+        load = max(tick.demand, tick.arrival) / tick.ready
+        return replace(state, capacity=max(capacity, state.cut_from), miss_not_load=True, not_load_per_replica=load)
     if state.miss_not_load:
         return state
     ceiling = state.capacity_ceiling
@@ -412,7 +417,14 @@ def _recommend(tick: Tick, spec: AutoscalingSpec, state: ScalerState) -> tuple[i
     if over:
         return current, why + f"; {over}, no scale-down"
     if ratio * (1 + spec.tolerance) < 1:
-        return math.ceil(need * (1 + spec.tolerance) / capacity), why + " (with tolerance margin)"
+        fewer = math.ceil(need * (1 + spec.tolerance) / capacity)
+        if state.miss_not_load and ratio_now > 1:
+            # The miss did not ease with less load per replica than at its judgement; nothing says it
+            # would not worsen with more, so the pool shrinks no further than that load.
+            floor = math.ceil(max(demand, arrival) / (state.not_load_per_replica * (1 + spec.tolerance)))
+            if floor > fewer:
+                return min(floor, current), why + f"; {kind} over target: no fewer replicas than it was judged at"
+        return fewer, why + " (with tolerance margin)"
     return current, why + " (within tolerance)"
 
 
