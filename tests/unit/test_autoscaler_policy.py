@@ -313,6 +313,31 @@ def test_ticks_before_the_prompt_weight_is_known_do_not_blind_the_demand_window(
     assert second.state.capacity is not None and "output-token-equivalents/s" in second.reason
 
 
+def ramp(ttft: float) -> list[Decision]:
+    """A new object on one replica while its traffic ramps from 1 to 4 req/s in 45 s."""
+    state, replicas, decisions = ScalerState(), 1, []
+    for i in range(4):
+        rate = 1.0 + i
+        s = token_sample(15.0 * i, rate, 1000 * rate, 100 * rate, running=2 * rate, ttft=ttft, tpot=8.0)
+        d = decide([s], replicas, 1, TTFT_SPEC, state, 15.0 * i)  # the pool's new replicas are not ready yet
+        decisions.append(d)
+        state, replicas = d.state, d.replicas
+    return decisions
+
+
+def test_a_young_pool_well_within_every_slo_does_not_grow_on_its_first_lower_bound_estimate() -> None:
+    """The first capacity estimate is what one replica completed in its first window, far below
+    what it can do while every SLO is far from its target: a ramping load read against it added
+    replicas nobody needed (ten for a trace one replica serves). Until capacity is judged on a
+    steady pool, a pool well within every SLO with nothing waiting holds; near a target it grows."""
+    comfortable = ramp(ttft=100.0)
+    assert [d.replicas for d in comfortable] == [1, 1, 1, 1]
+    assert "before capacity was judged on a steady pool" in comfortable[-1].reason
+    assert "output-token-equivalents/s" in comfortable[-1].reason  # the demand is still read and shown
+    pressed = ramp(ttft=900.0)
+    assert pressed[-1].replicas > 1
+
+
 def test_a_miss_with_requests_waiting_is_a_capacity_problem() -> None:
     """TTFT twice the target while requests queue: cuts go on (more replicas would serve the queue)."""
     state, replicas = tokens_learnt(300.0, 4), 4

@@ -12,7 +12,8 @@ burst and undershoots when idle. The policy instead
   over `demandWindowSeconds`, so bursts shorter than a cold start are ridden out by the queue (and
   the backlog term below) instead of chased with replicas that would be ready only after them;
 * learns the work/s one ready replica serves within every SLO that is set (end-to-end latency,
-  time to first token, time per output token) from the pool's own samples (`_learn_capacity`);
+  time to first token, time per output token) from the pool's own samples (`_learn_capacity`),
+  and does not scale up on its first, lower-bound estimate while every SLO is well met;
 * adds the backlog that will be left when a replica started now is ready (cold start), to be
   drained within one cold-start period, counting replicas that are still starting;
 * never adds replicas when no request arrived (a queue left when traffic stopped drains on the
@@ -107,6 +108,7 @@ class ScalerState:
     work_per_request: float | None = None  # demand units per request, last measured
     ready: int = -1  # ready replicas at the last tick
     ready_since: float = 0.0  # when the ready count last changed
+    steady_seen: bool = False  # capacity has been judged on a steady pool at least once
     scale_up_at: float | None = None  # last time this policy raised the replica count
     history: tuple[tuple[float, float, float], ...] = ()  # (time, in flight, arrivals) per tick
     passes: tuple[tuple[float, float], ...] = ()  # (time, demand per replica) of steady ticks well within every SLO
@@ -303,6 +305,8 @@ def _learn_capacity(state: ScalerState, tick: Tick, spec: AutoscalingSpec) -> Sc
         return replace(state, capacity=first, capacity_cut_at=now)
     if not steady:
         return state
+    if not state.steady_seen:
+        state = replace(state, steady_seen=True)
     per_replica = demand / ready
     comfortable = ratio < 1 - 2 * spec.tolerance
     passes = tuple(p for p in state.passes if p[0] > now - spec.demand_window_seconds)
@@ -401,8 +405,12 @@ def _recommend(tick: Tick, spec: AutoscalingSpec, state: ScalerState) -> tuple[i
         f"need {need:.4g} {unit} (arrivals {demand:.4g} + backlog {backlog:.4g} over {drain_s:.0f}s)"
         f" at {capacity:.4g} per replica"
     )
-    ratio = need / (capacity * max(current, 1))
     ratio_now, kind = pressure(sample, spec)
+    if not state.steady_seen and ratio_now < 1 - 2 * spec.tolerance and sample.pending < 1:
+        # The first estimate is what a young pool happened to complete, a lower bound: sizing a light
+        # load that is still ramping up on it adds replicas that nothing asked for.
+        return current, why + "; every SLO well met and nothing waiting before capacity was judged on a steady pool"
+    ratio = need / (capacity * max(current, 1))
     over = ""
     if ratio_now > 1 and not state.miss_not_load:
         label = "mean latency" if kind == "latency" and sample.latency_is_mean else kind
