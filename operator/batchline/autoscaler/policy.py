@@ -343,18 +343,19 @@ def _judge_miss(state: ScalerState, capacity: float, tick: Tick, ratio: float, s
       tolerance (both the demand window's mean and the last rate window's arrivals: the mean lags
       a rise) and nothing waits, is not a capacity problem (a TTFT target shorter than reading the
       longest prompts takes): the cut is undone, no more cuts follow, and the miss no longer holds
-      scale-down, until every SLO is met again.
+      scale-down, until every SLO is met again (nor lets the pool shrink past this load per replica:
+      `_recommend`).
     """
     per_replica = tick.demand / tick.ready
     if _served_more_within_slo(state, tick, spec):
         return state
+    load = max(tick.demand, tick.arrival) / tick.ready  # the mean lags a rise: the last minute counts too
     if (
         state.cut_from is not None
         and tick.sample.pending < 1  # requests waiting: more replicas would serve them sooner
-        and max(tick.demand, tick.arrival) / tick.ready < state.cut_per_replica * (1 - spec.tolerance)
+        and load < state.cut_per_replica * (1 - spec.tolerance)
         and ratio >= state.cut_pressure * (1 - spec.tolerance)
     ):
-        load = max(tick.demand, tick.arrival) / tick.ready
         return replace(state, capacity=max(capacity, state.cut_from), miss_not_load=True, not_load_per_replica=load)
     if state.miss_not_load:
         return state
