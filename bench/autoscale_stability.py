@@ -4,8 +4,11 @@ A millisecond changes nothing a user would notice, but a simulated pool is a cha
 decisions (a capacity cut or not, a replica more or not), so one run's figures can move with it.
 This replays every case and SLO of `autoscale_compare.py` on the trace as it is and on `--seeds`
 copies whose arrivals are each moved by a uniform draw in [-1, +1] ms (seeded), under every policy,
-and reports, per policy, the spread of attainment and replica-hours, and per baseline how many
-case x SLO pairs meet the goal in every copy, in some, or in none.
+and reports, per policy, the spread of attainment and replica-hours, per baseline how many
+case x SLO pairs meet the goal in every copy, in some, or in none, and, per role, how many
+case x SLO x baseline x copy meet it. The tuning trace's total is what chooses between policy
+variants (`--case code`, about 2 minutes): one run's verdicts move with a millisecond, the total
+over the copies much less (see docs/autoscaling.md, Method).
 
     .venv/bin/python bench/autoscale_stability.py [--seeds 4] [--case NAME ...] [--target LABEL ...] [--json FILE]
 """
@@ -54,6 +57,8 @@ def main() -> int:
     print("| case | role | SLO | " + " | ".join(f"{p}: attainment, replica-h" for p in POLICIES) + " | goal met in |")
     print("|---|---|---|" + "---|" * (len(POLICIES) + 1))
     rows, kept = [], {b: Counter[str]() for b in BASELINES}
+    copies_met: dict[str, Counter[str]] = {"tune": Counter(), "validate": Counter()}  # per role: pair-copies
+    copies_in_range: dict[str, Counter[str]] = {"tune": Counter(), "validate": Counter()}
     spread: dict[str, list[tuple[float, float, float, float]]] = {p: [] for p in POLICIES}
     for run in selected_runs(sources, config, args.case, args.target):
         case, label = run.case, run.label
@@ -76,6 +81,8 @@ def main() -> int:
             met = verdicts.count("met")
             in_range = copies - verdicts.count("-")
             met_in.append(f"{b} {met}/{in_range}" if in_range else f"{b} out of range")
+            copies_met[case.role][b] += met
+            copies_in_range[case.role][b] += in_range
             if case.role == "validate" and in_range:
                 kept[b]["every" if met == in_range else "none" if met == 0 else "some"] += 1
         print(f"| {case.name} | {case.role} | {label} | {' | '.join(cells)} | {', '.join(met_in)} |", flush=True)
@@ -95,6 +102,11 @@ def main() -> int:
     print("\nvalidation pairs in range, by how many copies meet the goal:")
     for b, counts in kept.items():
         print(f"  vs {b}: every {counts['every']}, some {counts['some']}, none {counts['none']}")
+    print("\ncase x SLO x baseline x copy meeting the goal, of those in range (the tuning trace's total chooses):")
+    for role, met_by in copies_met.items():
+        if copies_in_range[role]:
+            per_baseline = ", ".join(f"{b} {met_by[b]}/{copies_in_range[role][b]}" for b in BASELINES)
+            print(f"  {role}: {per_baseline} ({sum(met_by.values())} of {sum(copies_in_range[role].values())})")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     print(f"({time.monotonic() - started:.0f}s)")
