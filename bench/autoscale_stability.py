@@ -7,7 +7,7 @@ copies whose arrivals are each moved by a uniform draw in [-1, +1] ms (seeded), 
 and reports, per policy, the spread of attainment and replica-hours, per baseline how many
 case x SLO pairs meet the goal in every copy, in some, or in none, and, per role, how many
 case x SLO x baseline x copy meet it. The tuning trace's total is what chooses between policy
-variants (`--case code`, about 2 minutes): one run's verdicts move with a millisecond, the total
+variants (`--case code`, under a minute): one run's verdicts move with a millisecond, the total
 over the copies much less (see docs/autoscaling.md, Method).
 
     .venv/bin/python bench/autoscale_stability.py [--seeds 4] [--case NAME ...] [--target LABEL ...] [--json FILE]
