@@ -400,7 +400,7 @@ def test_a_falling_prompt_weight_is_not_read_as_less_load_after_a_cut() -> None:
     spec = replace(TTFT_SPEC, max_replicas=1)  # the pool cannot grow: the load per replica stays
     cut = replace(tokens_learnt(100.0, 1), cut_from=200.0, cut_pressure=4.0, cut_per_replica=200.0)
     state, weights = cut, []
-    for i in range(1, 41):  # ten minutes: the demand window's mean has caught up with the new weight
+    for i in range(1, 161):  # forty minutes: the weight and the demand window's mean have caught up
         now = 60.0 + 15 * i
         # 1 req/s of 1,500 prompt and 50 output tokens; TTFT p95 4x the target, nothing waiting.
         s = token_sample(now, 1.0, 1500, 50, running=1.0, ttft=4000.0, ttft_mean=150.0, tpot_mean=10.0)

@@ -37,10 +37,10 @@ from dataclasses import dataclass, field, replace
 from batchline.autoscaler.spec import AutoscalingSpec
 
 NAN = float("nan")
-# A comfortable sample raises the capacity estimate by 5% times target/observed, at most 25%:
+# A comfortable sample raises the capacity estimate by 5% times target/observed, at most 40%:
 # fast when far under every target, careful near one.
 PROBE_STEP = 0.05
-MAX_PROBE_STEP = 0.25
+MAX_PROBE_STEP = 0.4
 # Probing goes on while demand per replica is at least capacity * min(0.8, PROBE_REACH * pressure),
 # and never past twice that demand: a pool far under target may stretch further than one near
 # it, but latency is flat up to the saturation cliff, so not without bound.
@@ -49,8 +49,10 @@ MIN_PROBE_REACH = 0.5
 # An over-target sample cuts the estimate by sqrt(1 / pressure), but by at most half.
 MAX_CAPACITY_CUT = 0.5
 # The prompt-token weight (a prompt token's cost in output tokens) follows its measurements with
-# this gain per tick (a time constant of about 2.5 minutes at a 15 s tick), within these bounds.
-PROMPT_WEIGHT_GAIN = 0.1
+# this gain per tick (a time constant of about 10 minutes at a 15 s tick), within these bounds:
+# slow, because each measurement rests on one instant's running gauge, and every move of the
+# weight shifts the units that the capacity estimate was learnt in.
+PROMPT_WEIGHT_GAIN = 0.025
 PROMPT_WEIGHT_BOUNDS = (1e-3, 10.0)
 TOKENS, REQUESTS = "output-token-equivalents/s", "req/s"
 
