@@ -177,13 +177,22 @@ def selected_runs(
             yield Run(case, trace, label, index == 0, spec, tuned[label])
 
 
+def in_range(base_attainment: float) -> bool:
+    """Whether the goal judges a baseline with this attainment."""
+    return 0.30 <= base_attainment <= 0.97
+
+
+def meets_goal(attainment: float, hours: float, base_attainment: float, base_hours: float) -> bool:
+    gain = (attainment - base_attainment) * 100
+    cost = hours / base_hours if base_hours > 0 else float("inf")
+    return (gain >= 5 and cost <= 1.02) or (gain >= -0.5 and cost <= 0.85)
+
+
 def goal(ours: SimResult, base: SimResult) -> str:
     """'met', 'NOT met', or '-' when the baseline's attainment is outside 30-97%."""
-    if not 0.30 <= base.slo_attainment <= 0.97:
+    if not in_range(base.slo_attainment):
         return "-"
-    gain = (ours.slo_attainment - base.slo_attainment) * 100
-    cost = ours.replica_hours / base.replica_hours if base.replica_hours > 0 else float("inf")
-    met = (gain >= 5 and cost <= 1.02) or (gain >= -0.5 and cost <= 0.85)
+    met = meets_goal(ours.slo_attainment, ours.replica_hours, base.slo_attainment, base.replica_hours)
     return "met" if met else "NOT met"
 
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from autoscale_compare import BASELINES, CASES, MAX_REPLICAS, TARGETS, TRACES_DIR
+from autoscale_compare import BASELINES, CASES, MAX_REPLICAS, TARGETS, TRACES_DIR, in_range, meets_goal
 
 from batchline.autoscaler.spec import AutoscalingSpec
 from batchline_tools.autoscale_sim.simulator import PROFILES, PoolView, ReplicaProfile, SimConfig, Targets, simulate
@@ -106,13 +106,11 @@ def reference_points(trace: Trace, spec: AutoscalingSpec, config: SimConfig, mos
 
 
 def meets(point: dict[str, float], base: dict[str, float]) -> bool:
-    gain = (point["attainment"] - base["slo_attainment"]) * 100
-    cost = point["hours"] / base["replica_hours"] if base["replica_hours"] > 0 else math.inf
-    return (gain >= 5 and cost <= 1.02) or (gain >= -0.5 and cost <= 0.85)
+    return meets_goal(point["attainment"], point["hours"], base["slo_attainment"], base["replica_hours"])
 
 
-def in_range(base: dict[str, float]) -> bool:
-    return 0.30 <= base["slo_attainment"] <= 0.97
+def judged(bases: list[dict[str, float]]) -> list[dict[str, float]]:
+    return [b for b in bases if in_range(b["slo_attainment"])]
 
 
 def _job(args: tuple[str, str, str, dict[str, int], int]) -> tuple[str, str, list[dict[str, float]]]:
@@ -154,21 +152,22 @@ def main() -> int:
             policies = rows[(case, label)]
             ours = policies["batchline"]
             bases = [policies[b] for b in BASELINES]
-            verdicts = ["met" if any(meets(p, b) for p in points) else "**no**" if in_range(b) else "-" for b in bases]
-            judged = [b for b in bases if in_range(b)]
-            one = any(all(meets(p, b) for b in judged) for p in points) if judged else None
+            in_play = judged(bases)
+            verdicts = ["-" if b not in in_play else "met" if any(meets(p, b) for p in points) else "**no**"
+                        for b in bases]  # fmt: skip
+            one = any(all(meets(p, b) for b in in_play) for p in points) if in_play else None
             ours_all = all(meets({"hours": ours["replica_hours"], "attainment": ours["slo_attainment"]}, b)
-                           for b in judged)  # fmt: skip
+                           for b in in_play)  # fmt: skip
             cheaper = [p for p in points if p["hours"] <= ours["replica_hours"]]
             best = max(cheaper, key=lambda p: p["attainment"]) if cheaper else None
-            if judged and roles[case] == "validate":
+            if in_play and roles[case] == "validate":
                 tally["rows"] += 1
                 tally["all"] += bool(one)
                 tally["batchline"] += ours_all
             best_text = f"{best['attainment']:.1%} / {best['hours']:.1f} h ({best['kind']})" if best else "none"
             print(f"| {case} | {label} | {ours['slo_attainment']:.1%} / {ours['replica_hours']:.1f} h | {best_text} "
                   f"| {' / '.join(verdicts)} | {'-' if one is None else 'yes' if one else '**no**'} "
-                  f"| {'-' if not judged else 'yes' if ours_all else 'no'} |", flush=True)  # fmt: skip
+                  f"| {'-' if not in_play else 'yes' if ours_all else 'no'} |", flush=True)  # fmt: skip
             out.append({"case": case, "slo": label, "points": points})
     print(f"\nvalidation rows with a baseline in range: {tally['rows']}; one reference pool meets the goal against "
           f"every baseline in range on {tally['all']}; Batchline on {tally['batchline']}")  # fmt: skip
