@@ -51,7 +51,8 @@ MAX_CAPACITY_CUT = 0.5
 # The prompt-token weight (a prompt token's cost in output tokens) follows its measurements with
 # this gain per tick (a time constant of about 10 minutes at a 15 s tick), within these bounds:
 # slow, because each measurement rests on one instant's running gauge, and every move of the
-# weight shifts the units that the capacity estimate was learnt in.
+# weight shifts the units that the capacity estimate was learnt in. This gain and the largest
+# probe step were chosen on the code trace's jittered copies (docs/autoscaling.md, change 10).
 PROMPT_WEIGHT_GAIN = 0.025
 PROMPT_WEIGHT_BOUNDS = (1e-3, 10.0)
 TOKENS, REQUESTS = "output-token-equivalents/s", "req/s"
