@@ -29,6 +29,7 @@ import math
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -109,18 +110,17 @@ def meets(point: dict[str, float], base: dict[str, float]) -> bool:
     return meets_goal(point["attainment"], point["hours"], base["slo_attainment"], base["replica_hours"])
 
 
-def judged(bases: list[dict[str, float]]) -> list[dict[str, float]]:
-    return [b for b in bases if in_range(b["slo_attainment"])]
+@lru_cache(maxsize=1)
+def _sources(trace_dir: str) -> dict[str, Trace]:
+    """The two Azure traces, read once per worker process."""
+    return {name: load_trace(Path(trace_dir) / f"AzureLLMInferenceTrace_{name}.csv") for name in ("code", "conv")}
 
 
-def _job(args: tuple[str, str, str, dict[str, int], int]) -> tuple[str, str, list[dict[str, float]]]:
-    trace_dir, profile, case, fields, most = args
-    sources = {name: load_trace(Path(trace_dir) / f"AzureLLMInferenceTrace_{name}.csv") for name in ("code", "conv")}
-    config = SimConfig(profile=PROFILES[profile])
-    label = next(label for label, f in TARGETS if f == fields)
-    trace = next(c for c in CASES if c.name == case).trace(sources)
-    spec = AutoscalingSpec(min_replicas=1, max_replicas=MAX_REPLICAS, **fields)
-    return case, label, reference_points(trace, spec, config, most)
+def _job(args: tuple[str, str, str, str, int]) -> tuple[str, str, list[dict[str, float]]]:
+    trace_dir, profile, case, label, most = args
+    trace = next(c for c in CASES if c.name == case).trace(_sources(trace_dir))
+    spec = AutoscalingSpec(min_replicas=1, max_replicas=MAX_REPLICAS, **dict(TARGETS)[label])
+    return case, label, reference_points(trace, spec, SimConfig(profile=PROFILES[profile]), most)
 
 
 def main() -> int:
@@ -138,8 +138,7 @@ def main() -> int:
         if not args.case or r["case"] in args.case:
             rows.setdefault((r["case"], r["slo"]), {})[r["policy"]] = r
             roles[r["case"]] = r["role"]
-    fields = dict(TARGETS)
-    jobs = [(str(args.trace_dir), args.profile, case, fields[label],
+    jobs = [(str(args.trace_dir), args.profile, case, label,
              2 * max(p["peak_replicas"] for p in policies.values()))
             for (case, label), policies in rows.items()]  # fmt: skip
     started = time.monotonic()
@@ -152,9 +151,9 @@ def main() -> int:
             policies = rows[(case, label)]
             ours = policies["batchline"]
             bases = [policies[b] for b in BASELINES]
-            in_play = judged(bases)
-            verdicts = ["-" if b not in in_play else "met" if any(meets(p, b) for p in points) else "**no**"
-                        for b in bases]  # fmt: skip
+            in_play = [b for b in bases if in_range(b["slo_attainment"])]
+            verdicts = ["-" if not in_range(b["slo_attainment"]) else "met" if any(meets(p, b) for p in points)
+                        else "**no**" for b in bases]  # fmt: skip
             one = any(all(meets(p, b) for b in in_play) for p in points) if in_play else None
             ours_all = all(meets({"hours": ours["replica_hours"], "attainment": ours["slo_attainment"]}, b)
                            for b in in_play)  # fmt: skip
