@@ -19,7 +19,14 @@ from batchline_tools.autoscale_sim.baselines import (
     simulate_policy,
 )
 from batchline_tools.autoscale_sim.plot import plot_results
-from batchline_tools.autoscale_sim.simulator import CPU_SMOLLM2, PoolView, SimConfig, Targets, simulate
+from batchline_tools.autoscale_sim.simulator import (
+    CPU_SMOLLM2,
+    PoolView,
+    SimConfig,
+    Targets,
+    attainment_ceiling,
+    simulate,
+)
 from batchline_tools.autoscale_sim.trace import Trace, load_trace, save_trace
 
 METRICS = (
@@ -118,6 +125,23 @@ def test_a_request_held_at_the_gateway_starts_when_a_slot_frees_not_at_the_next_
     assert service_s < 1.0
     assert ten.p95_latency_ms / 1e3 == pytest.approx(9.55 * service_s, rel=0.05)
     assert ten.p95_latency_ms / 1e3 < config.scrape_interval_s
+
+
+def test_the_attainment_ceiling_is_what_requests_reach_alone_and_no_pool_beats_it() -> None:
+    """Prompts of 100..3,000 tokens and outputs of 2..200, plus one the KV cache cannot hold: spaced
+    a minute apart, each runs alone on one replica and the pool reaches the ceiling exactly; all at
+    once, sharing the replica, it reaches less."""
+    rng = np.random.default_rng(3)
+    prompts = np.append(rng.integers(100, 3000, 40), 9000)
+    outputs = np.append(rng.integers(2, 200, 40), 10)
+    config = SimConfig(profile=CPU_SMOLLM2, initial_replicas=1)
+    spaced = Trace("spaced", np.arange(41) * 60.0, prompts, outputs)
+    together = Trace("together", np.zeros(41), prompts, outputs)
+    for targets in (Targets(ttft_ms=1000), Targets(latency_ms=10_000), Targets(ttft_ms=2000, tpot_ms=88)):
+        ceiling = attainment_ceiling(spaced, targets, CPU_SMOLLM2)
+        assert 0.2 < ceiling < 0.9  # the targets split the requests
+        assert simulate(spaced, ScaleOnceTo(1), targets, config).slo_attainment == pytest.approx(ceiling)
+        assert simulate(together, ScaleOnceTo(1), targets, config).slo_attainment < ceiling
 
 
 def awkward_traces() -> list[Trace]:

@@ -554,6 +554,29 @@ def request_figures(trace: Trace, pool_first: np.ndarray, pool_finished: np.ndar
     return {"latency": e2e, "ttft": ttft, "tpot": tpot}
 
 
+def attainment_ceiling(trace: Trace, targets: Targets, profile: ReplicaProfile) -> float:
+    """The SLO attainment no pool of `profile` replicas can exceed on `trace`, however many it has.
+
+    A request alone on a ready replica gets every step to itself: its prompt is read in chunks of
+    `max_batch_tokens`, and each decode step costs the overhead, one sequence and its own KV
+    tokens. A step shared with other requests only takes longer, so a request that misses a target
+    even so (or that the KV cache cannot hold) misses it in every pool.
+    """
+    prompt, out = trace.context_tokens.astype(np.float64), trace.generated_tokens.astype(np.float64)
+    ttft = np.ceil(prompt / profile.max_batch_tokens) * profile.step_overhead_ms + profile.prefill_ms_per_token * prompt
+    # Decode step j (1..out-1) attends to prompt + j KV tokens: their mean is prompt + out / 2.
+    kv_ms = profile.kv_ms_per_1k_tokens * (prompt + out / 2) / 1000
+    step = profile.step_overhead_ms + profile.decode_ms_per_seq + kv_ms
+    tpot = np.where(out > 1, step, 0.0)
+    figures = {"latency": ttft + np.maximum(out - 1, 0) * tpot, "ttft": ttft, "tpot": tpot}
+    limits = {"latency": targets.latency_ms, "ttft": targets.ttft_ms, "tpot": targets.tpot_ms}
+    ok = prompt + out <= profile.kv_cache_tokens
+    for kind, limit in limits.items():
+        if limit is not None:
+            ok &= figures[kind] <= limit
+    return float(np.mean(ok)) if len(ok) else 1.0
+
+
 def _result(
     trace: Trace,
     name: str,
