@@ -146,6 +146,7 @@ class SimResult:
     targets: Targets
     requests: int
     slo_attainment: float  # within every target set (refused and unfinished requests miss)
+    attainment_ceiling: float  # what no pool exceeds on this trace (`attainment_ceiling`)
     attainment: dict[str, float]  # per target set: "latency", "ttft", "tpot"
     minutes_within_slo: float
     replica_hours: float
@@ -169,6 +170,7 @@ class SimResult:
             "trace": self.trace,
             "requests": self.requests,
             "slo_attainment": round(self.slo_attainment, 4),
+            "attainment_ceiling": round(self.attainment_ceiling, 4),
         }
         for name, value in (("latency", self.targets.latency_ms), ("ttft", self.targets.ttft_ms)):
             if value is not None:
@@ -605,6 +607,7 @@ def _result(
         targets=targets,
         requests=len(ok),
         slo_attainment=float(np.mean(ok)),
+        attainment_ceiling=attainment_ceiling(trace, targets, pool.config.profile),
         attainment={k: float(np.mean(v)) for k, v in ok_by.items()},
         minutes_within_slo=float(np.mean(per_minute_ok)),
         replica_hours=pool.replica_seconds(end) / 3600,
