@@ -205,6 +205,17 @@ def test_no_probing_up_while_requests_wait() -> None:
     assert d.state.capacity == 1.0
 
 
+def test_a_queue_far_under_every_target_raises_the_estimate_to_what_the_pool_completes() -> None:
+    """One replica at the gateway's in-flight limit: requests wait, but its latency is a tenth of the
+    target, so what it completes it serves within target, and the estimate (a low first bound) rises
+    to that instead of growing the pool on it. Near the target a wait may be the knee, which the
+    quantile shows only later: there the estimate stays and the queue adds replicas."""
+    far = decide([sample(120, 4.0, pending=3, latency=1000)], 1, 1, SPEC, learnt(1.0, 1), 120)
+    assert far.state.capacity == pytest.approx(4.0) and far.replicas == 1
+    near = decide([sample(120, 4.0, pending=3, latency=7000)], 1, 1, SPEC, learnt(1.0, 1), 120)
+    assert near.state.capacity == 1.0 and near.replicas > 1
+
+
 def test_unsteady_pool_teaches_nothing() -> None:
     state = replace(learnt(1.0, 4), ready_since=100.0)
     d = decide([sample(120, 4.0, latency=40_000)], 6, 4, SPEC, state, 120)

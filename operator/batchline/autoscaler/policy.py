@@ -13,7 +13,9 @@ burst and undershoots when idle. The policy instead
   the backlog term below) instead of chased with replicas that would be ready only after them;
 * learns the work/s one ready replica serves within every SLO that is set (end-to-end latency,
   time to first token, time per output token) from the pool's own samples (`_learn_capacity`),
-  and does not scale up on its first, lower-bound estimate while every SLO is well met;
+  and does not scale up on its first, lower-bound estimate while every SLO is well met; while
+  requests wait with every SLO under half its target (held by a limit that is not the latency's,
+  such as the gateway's in flight per replica), the estimate is at least what the pool completes;
 * adds the backlog that will be left when a replica started now is ready (cold start), to be
   drained within one cold-start period, counting replicas that are still starting;
 * never adds replicas when no request arrived (a queue left when traffic stopped drains on the
@@ -46,6 +48,9 @@ MAX_PROBE_STEP = 0.4
 # it, but latency is flat up to the saturation cliff, so not without bound.
 PROBE_REACH = 2.0
 MIN_PROBE_REACH = 0.5
+# While requests wait, a pool whose every SLO is under this share of its target is on the flat part of
+# the latency curve, so the wait is not the knee: what it completes, it serves within every SLO.
+FAR_UNDER_TARGET = 0.5
 # An over-target sample cuts the estimate by sqrt(1 / pressure), but by at most half.
 MAX_CAPACITY_CUT = 0.5
 # The prompt-token weight (a prompt token's cost in output tokens) follows its measurements with
@@ -294,6 +299,8 @@ def _learn_capacity(state: ScalerState, tick: Tick, spec: AutoscalingSpec) -> Sc
       pool was known to be short.
     * Every SLO well met with nothing waiting is remembered for a demand window, with its load
       per replica (`_served_more_within_slo`).
+    * Requests waiting while every SLO is under `FAR_UNDER_TARGET` of its target raise the estimate
+      to what the pool completed per ready replica (under any ceiling).
     """
     sample, demand, ready, now = tick.sample, tick.demand, tick.ready, tick.now
     ratio, _ = pressure(sample, spec)
@@ -318,6 +325,15 @@ def _learn_capacity(state: ScalerState, tick: Tick, spec: AutoscalingSpec) -> Sc
     state = replace(state, passes=passes)
     if ceiling is not None and comfortable and per_replica >= ceiling and sample.pending < 1:
         ceiling = None  # the pool just served what the ceiling said it could not: that miss was not capacity
+    if sample.pending >= 1 and ratio < FAR_UNDER_TARGET:
+        # Requests wait (at the gateway's in-flight limit, say) far under every target: the pool is at
+        # a limit, but not the latency's, so it serves what it completes. Nearer a target the wait may
+        # be the knee, which the window's quantile shows only later: the probes decide there.
+        served = completed / ready
+        if ceiling is not None:
+            served = min(served, ceiling * (1 - spec.tolerance))
+        capacity = max(capacity, served)
+        state = replace(state, capacity=capacity)
     reach = min(1 - 2 * spec.tolerance, max(MIN_PROBE_REACH, PROBE_REACH * ratio))
     # Requests waiting say the pool is at its limit, whatever a lagging quantile says: no probing then.
     if comfortable and per_replica >= capacity * reach and sample.pending < 1:
