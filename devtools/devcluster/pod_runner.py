@@ -346,6 +346,9 @@ class PodRunner(threading.Thread):
         log.info("started %s (pid %d): %s", record.name, pid, " ".join(run.launch.argv))
 
     def _exited(self, run: ContainerRun, code: int) -> None:
+        # A container ends with its main process, and the runtime kills what it leaves behind (Triton's
+        # python backend stubs ignore SIGTERM and can outlive a server that has shut down).
+        self._signal(run, signal.SIGKILL)
         exit_code = code if code >= 0 else 128 - code  # killed by signal N: 128 + N
         file_text = _tail(run.launch.termination_file)
         log_text = _tail(run.directory / f"{run.record.restart_count}.log")

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import http.server
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -290,3 +296,44 @@ def test_an_image_from_a_registry_that_cannot_resolve_backs_off_like_a_kubelet_p
     failure = pull_failure("registry.invalid:5000/team/builder:1")
     assert failure is not None and failure["waiting"]["reason"] == "ImagePullBackOff"
     assert "lookup registry.invalid: no such host" in failure["waiting"]["message"]
+
+
+def test_what_a_container_leaves_in_its_process_group_dies_with_it(tmp_path: Path) -> None:
+    """As a runtime kills the rest of a container when its main process exits: here the main process
+    leaves a child that ignores SIGTERM (as Triton's python backend stubs do) and exits."""
+    from devcluster.container_launch import ContainerLaunch
+    from devcluster.pod_runner import ContainerRun, PodRunner
+
+    child_pid = tmp_path / "child.pid"
+    leave_a_child = (
+        "import signal, subprocess, sys;"
+        "child = subprocess.Popen([sys.executable, '-c', 'import signal, time;"
+        " signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)']);"
+        f"open({str(child_pid)!r}, 'w').write(str(child.pid))"
+    )
+    main = subprocess.Popen([sys.executable, "-c", leave_a_child], start_new_session=True)
+    assert main.wait(timeout=30) == 0
+    child = int(child_pid.read_text())
+    try:
+        assert _alive(child)  # left behind, in the container's process group
+        how = ContainerLaunch("c", [sys.executable], {}, tmp_path, tmp_path / "termination-log", False)
+        run = ContainerRun(spec={}, launch=how, record=ContainerRecord("c", "batchline"), process=main)
+        runner = PodRunner(api=None, pod=pod({"name": "c"}), ctx=CTX, on_exit=lambda _: None)  # type: ignore[arg-type]
+        runner._exited(run, 0)
+        deadline = time.monotonic() + 10
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(child)
+        assert run.record.state["terminated"]["exitCode"] == 0
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie that nobody has reaped yet."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
