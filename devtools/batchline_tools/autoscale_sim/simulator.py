@@ -35,12 +35,14 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 
 from batchline.autoscaler.policy import MetricSample
 from batchline_tools.autoscale_sim.trace import Trace
+
+KvTokens = TypeVar("KvTokens", float, np.ndarray)  # one step, or one per request (`attainment_ceiling`)
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ class ReplicaProfile:
     max_num_seqs: int = 128
     kv_cache_tokens: int = 400_000
 
-    def step_ms(self, prefill_tokens: int, decoding: int, kv_tokens: float) -> float:
+    def step_ms(self, prefill_tokens: int, decoding: int, kv_tokens: KvTokens) -> KvTokens:
         return (
             self.step_overhead_ms
             + self.prefill_ms_per_token * prefill_tokens
@@ -567,9 +569,7 @@ def attainment_ceiling(trace: Trace, targets: Targets, profile: ReplicaProfile) 
     prompt, out = trace.context_tokens.astype(np.float64), trace.generated_tokens.astype(np.float64)
     ttft = np.ceil(prompt / profile.max_batch_tokens) * profile.step_overhead_ms + profile.prefill_ms_per_token * prompt
     # Decode step j (1..out-1) attends to prompt + j KV tokens: their mean is prompt + out / 2.
-    kv_ms = profile.kv_ms_per_1k_tokens * (prompt + out / 2) / 1000
-    step = profile.step_overhead_ms + profile.decode_ms_per_seq + kv_ms
-    tpot = np.where(out > 1, step, 0.0)
+    tpot = np.where(out > 1, profile.step_ms(0, 1, prompt + out / 2), 0.0)
     figures = {"latency": ttft + np.maximum(out - 1, 0) * tpot, "ttft": ttft, "tpot": tpot}
     limits = {"latency": targets.latency_ms, "ttft": targets.ttft_ms, "tpot": targets.tpot_ms}
     ok = prompt + out <= profile.kv_cache_tokens
